@@ -50,9 +50,7 @@ def parse_cpu(value: str | float | int) -> float:
         try:
             cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
         except ValueError:
-            raise UnitError(
-                f"{value!r} is not a CPU amount (examples: 0.5, 2, 500m)"
-            ) from None
+            raise UnitError(f"{value!r} is not a CPU amount (examples: 0.5, 2, 500m)") from None
     if not math.isfinite(cores) or cores <= 0:
         raise UnitError(f"{value!r} must be a positive number of cores")
     if cores > 4096:

@@ -1,0 +1,31 @@
+"""The agentd SDK: `Client`, sessions and tool calls that feel like `subprocess`."""
+
+from agentd.sdk.client import Client, Session, ToolCallProcess, ToolCallResult, Usage
+from agentd.sdk.errors import (
+    AgentdError,
+    AlreadyExists,
+    DaemonUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ToolCallFailed,
+    ToolCallTimeout,
+)
+
+__all__ = [
+    "AgentdError",
+    "AlreadyExists",
+    "Client",
+    "DaemonUnavailable",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Session",
+    "ToolCallFailed",
+    "ToolCallProcess",
+    "ToolCallResult",
+    "ToolCallTimeout",
+    "Usage",
+]

@@ -1,0 +1,164 @@
+"""agentd.v1.AgentService: the agent-facing API over the local unix socket."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from agentd import __version__
+from agentd.api import convert
+from agentd.api.peercred import TokenRegistry
+from agentd.api.status import internal, to_status, unauthenticated
+from agentd.errors import AgentdError, InvalidArgumentError
+from agentd.manager import Caller, Manager
+from agentd.model import Session, ToolCall
+from agentd.v1 import agent_pb2 as pb
+from agentd.v1 import agent_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("agentd.api")
+
+Response = TypeVar("Response")
+
+
+def rpc(method: Callable[..., Response]) -> Callable[..., Response]:
+    """Authenticate the caller, run the method, and turn every failure into a status.
+
+    An unexpected exception is logged with its stack and answered INTERNAL: the
+    daemon keeps serving whatever one request did.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: AgentService, request: Any, context: grpc.ServicerContext) -> Response:
+        caller = self.tokens.lookup(context.invocation_metadata())
+        if caller is None:
+            context.abort_with_status(
+                unauthenticated(
+                    "no valid agentd token: connect to the .cred socket next to the gRPC "
+                    "socket first (the SDK does this for you)"
+                )
+            )
+        try:
+            return method(self, caller, request, context)
+        except AgentdError as e:
+            context.abort_with_status(to_status(e))
+        except Exception as e:
+            log.exception("rpc.failed", method=method.__name__)
+            context.abort_with_status(internal(f"{type(e).__name__}: {e}"))
+        raise AssertionError("unreachable")  # abort_with_status raises
+
+    return wrapper
+
+
+class AgentService(pb_grpc.AgentServiceServicer):
+    def __init__(
+        self, manager: Manager, tokens: TokenRegistry, node_info: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.manager = manager
+        self.tokens = tokens
+        self.node_info = node_info
+        self.started_at = time.time()
+
+    def _session(self, s: Session) -> pb.Session:
+        running = self.manager.running_count(s.id) if s.open else 0
+        return convert.session_to_pb(s, running, self.manager.backend.path_of(s.cgroup_rel))
+
+    def _tool_call(self, t: ToolCall) -> pb.ToolCall:
+        return convert.tool_call_to_pb(t, self.manager.backend.path_of(t.cgroup_rel))
+
+    @rpc
+    def CreateSession(self, caller: Caller, request: pb.CreateSessionRequest, context: Any):
+        session = self.manager.create_session(
+            caller,
+            request.name,
+            convert.resources_from_pb(request.budget, "budget"),
+            convert.priority_from_pb(request.priority, "priority"),
+            exist_ok=request.exist_ok,
+        )
+        return self._session(session)
+
+    @rpc
+    def GetSession(self, caller: Caller, request: pb.GetSessionRequest, context: Any):
+        return self._session(self.manager.get_session(caller, _required(request.session_id)))
+
+    @rpc
+    def ListSessions(self, caller: Caller, request: pb.ListSessionsRequest, context: Any):
+        sessions = self.manager.list_sessions(caller)
+        return pb.ListSessionsResponse(sessions=[self._session(s) for s in sessions])
+
+    @rpc
+    def CloseSession(self, caller: Caller, request: pb.CloseSessionRequest, context: Any):
+        session, ended = self.manager.close_session(caller, _required(request.session_id))
+        return pb.CloseSessionResponse(
+            session=self._session(session), ended_tool_calls=[self._tool_call(t) for t in ended]
+        )
+
+    @rpc
+    def BeginToolCall(self, caller: Caller, request: pb.BeginToolCallRequest, context: Any):
+        intent = convert.intent_from_pb(request.intent)
+        tool_call = self.manager.begin_tool_call(
+            caller, _required(request.session_id), intent, request.pid
+        )
+        return self._tool_call(tool_call)
+
+    @rpc
+    def EndToolCall(self, caller: Caller, request: pb.EndToolCallRequest, context: Any):
+        exit_status = convert.exit_from_pb(request.exit)
+        tool_call = self.manager.end_tool_call(
+            caller, _required(request.tool_call_id, "tool_call_id"), exit_status
+        )
+        return self._tool_call(tool_call)
+
+    @rpc
+    def KillToolCall(self, caller: Caller, request: pb.KillToolCallRequest, context: Any):
+        sig = request.signal or signal.SIGKILL
+        if sig not in signal.valid_signals():
+            raise InvalidArgumentError("signal", f"{sig} is not a signal number")
+        tool_call = self.manager.kill_tool_call(
+            caller, _required(request.tool_call_id, "tool_call_id"), sig
+        )
+        return self._tool_call(tool_call)
+
+    @rpc
+    def GetToolCall(self, caller: Caller, request: pb.GetToolCallRequest, context: Any):
+        tool_call = self.manager.get_tool_call(
+            caller, _required(request.tool_call_id, "tool_call_id")
+        )
+        return self._tool_call(tool_call)
+
+    @rpc
+    def ListToolCalls(self, caller: Caller, request: pb.ListToolCallsRequest, context: Any):
+        tool_calls = self.manager.list_tool_calls(
+            caller, request.session_id or None, request.include_ended
+        )
+        return pb.ListToolCallsResponse(tool_calls=[self._tool_call(t) for t in tool_calls])
+
+    @rpc
+    def GetNodeStatus(self, caller: Caller, request: pb.GetNodeStatusRequest, context: Any):
+        info = self.node_info()
+        visible = self.manager.list_sessions(caller)
+        status = pb.NodeStatus(
+            version=__version__,
+            cgroup_mode=info["cgroup_mode"],
+            cgroup_backend=self.manager.backend.name,
+            cgroup_root=self.manager.backend.root_path(),
+            controllers=self.manager.backend.controllers(),
+            capabilities=info["capabilities"],
+            sessions_open=len(visible),
+            tool_calls_running=sum(self.manager.running_count(s.id) for s in visible),
+            caller_uid=caller.uid,
+            process_tracking=info.get("process_tracking", "cgroup"),
+        )
+        status.started_at.FromNanoseconds(int(self.started_at * 1e9))
+        return status
+
+
+def _required(value: str, field: str = "session_id") -> str:
+    if not value:
+        raise InvalidArgumentError(field, "is required")
+    return value

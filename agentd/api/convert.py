@@ -1,0 +1,160 @@
+"""Translation between the wire (agentd.v1 messages) and the domain model.
+
+Parsing of user-typed amounts happens here, so an unparseable value is refused
+with the exact field path of the request.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentd.errors import InvalidArgumentError
+from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
+from agentd.units import UnitError, parse_cpu, parse_size
+from agentd.v1 import agent_pb2 as pb
+
+
+def _size(text: str, field: str) -> int | None:
+    if not text:
+        return None
+    try:
+        value = parse_size(text)
+    except UnitError as e:
+        raise InvalidArgumentError(field, str(e)) from None
+    if value == 0:
+        raise InvalidArgumentError(field, "must be more than 0 bytes (leave it empty for no limit)")
+    return value
+
+
+def resources_from_pb(msg: pb.Resources, prefix: str) -> Resources:
+    cpu = None
+    if msg.cpu:
+        try:
+            cpu = parse_cpu(msg.cpu)
+        except UnitError as e:
+            raise InvalidArgumentError(f"{prefix}.cpu", str(e)) from None
+    if msg.pids_max < 0:
+        raise InvalidArgumentError(f"{prefix}.pids_max", f"{msg.pids_max} is negative")
+    return Resources(
+        memory_max=_size(msg.memory_max, f"{prefix}.memory_max"),
+        memory_high=_size(msg.memory_high, f"{prefix}.memory_high"),
+        memory_low=_size(msg.memory_low, f"{prefix}.memory_low"),
+        cpu=cpu,
+        pids_max=msg.pids_max or None,
+    )
+
+
+def resources_to_pb(r: Resources) -> pb.Resources:
+    return pb.Resources(
+        memory_max=str(r.memory_max) if r.memory_max else "",
+        memory_high=str(r.memory_high) if r.memory_high else "",
+        memory_low=str(r.memory_low) if r.memory_low else "",
+        cpu=f"{r.cpu:g}" if r.cpu else "",
+        pids_max=r.pids_max or 0,
+    )
+
+
+def priority_from_pb(value: int, field: str) -> Priority | None:
+    if value == pb.PRIORITY_CLASS_UNSPECIFIED:
+        return None
+    try:
+        return Priority(value)
+    except ValueError:
+        raise InvalidArgumentError(field, f"{value} is not a priority class") from None
+
+
+def intent_from_pb(msg: pb.Intent) -> Intent:
+    expected = None
+    if msg.HasField("expected_duration"):
+        expected = msg.expected_duration.ToTimedelta().total_seconds()
+        if expected < 0:
+            raise InvalidArgumentError("intent.expected_duration", "is negative")
+    if len(msg.label) > 4096:
+        raise InvalidArgumentError("intent.label", "is longer than 4096 characters")
+    return Intent(
+        resources=resources_from_pb(msg.resources, "intent.resources"),
+        expected_duration_seconds=expected,
+        priority=priority_from_pb(msg.priority, "intent.priority"),
+        label=msg.label,
+    )
+
+
+def intent_to_pb(intent: Intent) -> pb.Intent:
+    msg = pb.Intent(
+        resources=resources_to_pb(intent.resources),
+        priority=int(intent.priority) if intent.priority else 0,
+        label=intent.label,
+    )
+    if intent.expected_duration_seconds is not None:
+        msg.expected_duration.CopyFrom(_duration(intent.expected_duration_seconds))
+    return msg
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def session_to_pb(s: Session, running: int, cgroup: str) -> pb.Session:
+    return pb.Session(
+        id=s.id,
+        owner_uid=s.owner_uid,
+        budget=resources_to_pb(s.budget),
+        priority=int(s.priority),
+        state=pb.SESSION_STATE_OPEN if s.open else pb.SESSION_STATE_CLOSED,
+        created_at=_timestamp(s.created_at),
+        closed_at=_timestamp(s.closed_at),
+        running_tool_calls=running,
+        tool_calls_total=s.tool_calls_total,
+        cgroup=cgroup,
+    )
+
+
+def exit_from_pb(msg: pb.ExitStatus) -> ExitStatus:
+    if msg.signal < 0 or msg.signal > 64:
+        raise InvalidArgumentError("exit.signal", f"{msg.signal} is not a signal number")
+    return ExitStatus(known=msg.known, exit_code=msg.exit_code, signal=msg.signal)
+
+
+def usage_to_pb(u: Usage) -> pb.Usage:
+    return pb.Usage(
+        wall_seconds=u.wall_seconds,
+        cpu_user_seconds=u.cpu_user_seconds,
+        cpu_system_seconds=u.cpu_system_seconds,
+        peak_memory_bytes=u.peak_memory_bytes,
+        memory_bytes=u.memory_bytes,
+        oom_kills=u.oom_kills,
+        cpu_throttled_seconds=u.cpu_throttled_seconds,
+        cpu_throttled_periods=u.cpu_throttled_periods,
+        processes=u.processes,
+        processes_running=u.processes_running,
+    )
+
+
+def tool_call_to_pb(t: ToolCall, cgroup: str) -> pb.ToolCall:
+    return pb.ToolCall(
+        id=t.id,
+        session_id=t.session_id,
+        owner_uid=t.owner_uid,
+        intent=intent_to_pb(t.intent),
+        limits=resources_to_pb(t.limits),
+        state=pb.TOOL_CALL_STATE_RUNNING if t.running else pb.TOOL_CALL_STATE_ENDED,
+        started_at=_timestamp(t.started_at),
+        ended_at=_timestamp(t.ended_at),
+        exit=pb.ExitStatus(known=t.exit.known, exit_code=t.exit.exit_code, signal=t.exit.signal),
+        usage=usage_to_pb(t.usage),
+        oom_killed=t.oom_killed,
+        leftover_processes_killed=t.leftover_processes_killed,
+        cgroup=cgroup,
+        launcher_pid=t.launcher_pid,
+    )

@@ -1,0 +1,191 @@
+"""The composition root: builds the parts, runs them, shuts them down.
+
+Shutting down never touches tool calls: their groups and processes stay, and the
+next start finds them again (Manager.recover). Only closing a session ends work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import psutil
+import structlog
+
+from agentd import __version__, capabilities
+from agentd.api.agent_service import AgentService
+from agentd.api.peercred import TokenRegistry
+from agentd.api.server import UnixServer
+from agentd.cgroups.base import CgroupBackend, CgroupError, GroupLimits
+from agentd.cgroups.detect import (
+    CgroupLayout,
+    choose_backend,
+    detect_layout,
+    is_delegated_service,
+    own_cgroup_v2,
+)
+from agentd.cgroups.v2 import V2Backend
+from agentd.cgroups.warmer import MigrationWarmer
+from agentd.config import Config, ConfigError, add_arguments, load_config
+from agentd.log import configure_logging
+from agentd.manager import Manager, NodeLimits
+from agentd.model import Resources
+from agentd.sdk.launcher import launcher_path
+from agentd.sdnotify import Notifier
+from agentd.store import Store
+
+log = structlog.get_logger("agentd")
+
+HOUSEKEEPING_SECONDS = 1.0
+
+
+def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, str]:
+    """The backend and how its root was chosen.
+
+    Under systemd with Delegate=yes on cgroup v2 the daemon's own service cgroup is
+    the root (systemd's delegation contract); otherwise a top group named
+    cfg.cgroup.root under the mount(s).
+    """
+    if cfg.cgroup.backend in ("auto", "v2") and layout.mode == "v2" and layout.v2_mount:
+        own = own_cgroup_v2()
+        if os.environ.get("INVOCATION_ID") and is_delegated_service(own, layout.v2_mount):
+            backend = V2Backend(layout.v2_mount, own or "")
+            backend.move_self_to_leaf("daemon")
+            return backend, "systemd delegation"
+    return choose_backend(layout, cfg.cgroup.backend, cfg.cgroup.root), "configured name"
+
+
+def node_limits(cfg: Config) -> NodeLimits:
+    total = psutil.virtual_memory().total
+    allocatable = max(total - cfg.node.reserved_memory, 0)
+    cpus = float(os.cpu_count() or 1)
+    return NodeLimits(
+        allocatable_memory=allocatable,
+        cpus=cpus,
+        default_session=Resources(
+            memory_max=min(cfg.defaults.session_memory, allocatable),
+            cpu=cfg.defaults.session_cpu or cpus,
+            pids_max=cfg.defaults.session_pids,
+        ),
+        tool_call_grace_seconds=cfg.defaults.tool_call_grace_seconds,
+    )
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_requested = threading.Event()
+        self.notifier = Notifier()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("daemon.signal", signal=signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        # Nothing traces yet, so bcc is only looked for, not imported (~60 MB of LLVM).
+        caps = capabilities.detect_capabilities(import_bcc=False)
+        layout = detect_layout()
+        try:
+            backend, how = select_backend(cfg, layout)
+            backend.ensure_root()
+        except CgroupError as e:
+            log.error("daemon.cgroup_unusable", error=str(e), mode=layout.mode)
+            return 1
+        node = node_limits(cfg)
+        try:
+            # The sessions group bounds all sessions together: the node level of the hierarchy.
+            backend.set_limits("sessions", GroupLimits(memory_max=node.allocatable_memory))
+        except CgroupError as e:
+            log.warning("daemon.root_limit_failed", error=str(e))
+        log.info(
+            "daemon.starting",
+            version=__version__,
+            cgroup_mode=layout.mode,
+            cgroup_backend=backend.name,
+            cgroup_root=backend.root_path(),
+            root_chosen_by=how,
+            controllers=backend.controllers(),
+            capabilities=caps.summary(),
+            allocatable_memory=node.allocatable_memory,
+            cpus=node.cpus,
+        )
+        store = Store(cfg.daemon.state_dir)
+        manager = Manager(backend, store, node)
+        recovered = manager.recover()
+        warmer = MigrationWarmer(backend, launcher_path(), active=manager.has_open_sessions)
+        warmer.start()
+        tokens = TokenRegistry()
+        node_info: dict[str, Any] = {
+            "cgroup_mode": layout.mode,
+            "capabilities": caps.summary(),
+            "process_tracking": "cgroup",
+        }
+        service = AgentService(manager, tokens, lambda: node_info)
+        socket_path = str(cfg.daemon.socket)
+        server = UnixServer(
+            socket_path, cfg.daemon.socket_mode, cfg.daemon.socket_gid, service, tokens
+        )
+        server.start()
+        log.info("daemon.ready", socket=socket_path, **recovered)
+        self.notifier.ready(
+            f"serving on {socket_path}; {recovered['sessions']} sessions, "
+            f"{recovered['tool_calls_running']} tool calls recovered"
+        )
+        try:
+            self._housekeeping(manager, tokens)
+        finally:
+            self.notifier.stopping()
+            server.stop()
+            warmer.stop()
+            running = manager.tool_calls_running()
+            store.close()
+            log.info("daemon.stopped", tool_calls_left_running=running)
+        return 0
+
+    def _housekeeping(self, manager: Manager, tokens: TokenRegistry) -> None:
+        """Until asked to stop: reap abandoned tool calls, forget dead callers' tokens,
+        feed the watchdog (only from here, so a wedged loop gets the daemon restarted)."""
+        interval = HOUSEKEEPING_SECONDS
+        watchdog = self.notifier.watchdog_interval()
+        if watchdog:
+            interval = min(interval, watchdog / 2)
+        while not self.stop_requested.wait(interval):
+            started = time.monotonic()
+            try:
+                manager.reap()
+                tokens.prune()
+            except Exception:
+                log.exception("daemon.housekeeping_failed")
+            self.notifier.watchdog()
+            elapsed = time.monotonic() - started
+            if elapsed > interval:
+                log.warning("daemon.housekeeping_slow", seconds=round(elapsed, 3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="agentd", description="Per-node host agent for AI agent sandboxes."
+    )
+    parser.add_argument("--version", action="version", version=f"agentd {__version__}")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args)
+    except ConfigError as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.daemon.log_format, cfg.daemon.log_level)
+    return Daemon(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,498 @@
+"""Sessions and tool calls: validation, ownership, cgroup lifecycle, usage, recovery.
+
+This is the only module that decides what happens to a session's or a tool call's
+group; the cgroup backend only carries it out. All state changes take `_lock`
+(cgroupfs operations are sub-millisecond, so one lock keeps the code obvious and
+is not a bottleneck at tool-call rates), and every change is written to the
+store before the call returns, so a daemon killed at any point can recover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import structlog
+
+from agentd.cgroups.base import CgroupBackend, CgroupError, GroupBusyError, GroupLimits
+from agentd.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from agentd.model import (
+    CPU_WEIGHT,
+    ExitStatus,
+    Intent,
+    Priority,
+    Resources,
+    Session,
+    ToolCall,
+    Usage,
+)
+from agentd.store import Store
+
+log = structlog.get_logger("agentd.manager")
+
+_SESSION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOOL_CALL_ID = re.compile(r"^tc-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the kernel told us (peer credentials)."""
+
+    uid: int
+    gid: int
+    pid: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """What the node offers to sessions and what a session gets by default."""
+
+    allocatable_memory: int
+    cpus: float
+    default_session: Resources
+    tool_call_grace_seconds: float = 30.0
+
+
+def _new_tool_call_id() -> str:
+    return f"tc-{secrets.token_hex(6)}"
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+
+
+class Manager:
+    def __init__(self, backend: CgroupBackend, store: Store, node: NodeLimits) -> None:
+        self.backend = backend
+        self.store = store
+        self.node = node
+        self._lock = threading.RLock()
+        self._sessions: dict[str, Session] = {}
+        self._tool_calls: dict[str, ToolCall] = {}  # running ones only
+        self._empty_since: dict[str, float] = {}
+
+    # ---- sessions ---------------------------------------------------------------
+
+    def create_session(
+        self,
+        caller: Caller,
+        name: str,
+        budget: Resources,
+        priority: Priority | None,
+        exist_ok: bool = False,
+    ) -> Session:
+        if name and not _SESSION_NAME.match(name):
+            raise InvalidArgumentError("name", f"{name!r} must match [A-Za-z0-9_.-]{{1,64}}")
+        budget = self._complete_budget(budget)
+        with self._lock:
+            if name and name in self._sessions:
+                existing = self._sessions[name]
+                if exist_ok and (existing.owner_uid == caller.uid):
+                    return existing
+                if existing.owner_uid != caller.uid and not caller.is_root:
+                    raise PermissionDeniedError(
+                        f"session {name!r} exists and belongs to another user"
+                    )
+                raise AlreadyExistsError(f"session {name!r} is already open")
+            session_id = name or f"s-{secrets.token_hex(4)}"
+            session = Session(
+                id=session_id,
+                owner_uid=caller.uid,
+                budget=budget,
+                priority=priority or Priority.NORMAL,
+                created_at=time.time(),
+            )
+            try:
+                # A leftover group of a closed session with this name is empty by
+                # construction (closing kills and removes); clear it if a crash left one.
+                if self.backend.exists(session.cgroup_rel):
+                    self.backend.remove(session.cgroup_rel)
+                self.backend.create(session.cgroup_rel, self._session_limits(session))
+            except CgroupError as e:
+                with contextlib.suppress(CgroupError):
+                    self.backend.remove(session.cgroup_rel)
+                raise UnavailableError(f"could not create the session's cgroup: {e}") from e
+            self.store.save_session(session)
+            self._sessions[session.id] = session
+        log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
+        return session
+
+    def get_session(self, caller: Caller, session_id: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise NotFoundError("session", session_id)
+            self._check_owner(caller, session.owner_uid, f"session {session_id!r}")
+            return session
+
+    def list_sessions(self, caller: Caller) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions.values() if self._visible(caller, s.owner_uid)]
+
+    def close_session(self, caller: Caller, session_id: str) -> tuple[Session, list[ToolCall]]:
+        with self._lock:
+            session = self.get_session(caller, session_id)
+            ended = [
+                self._finish(t, ExitStatus(), kill=True)
+                for t in list(self._tool_calls.values())
+                if t.session_id == session_id
+            ]
+            try:
+                self.backend.remove(session.cgroup_rel)
+            except CgroupError as e:
+                raise UnavailableError(f"could not remove the session's cgroup: {e}") from e
+            session.closed_at = time.time()
+            self.store.save_session(session)
+            del self._sessions[session_id]
+        log.info("session.closed", session=session_id, tool_calls_ended=len(ended))
+        return session, ended
+
+    def has_open_sessions(self) -> bool:
+        return bool(self._sessions)
+
+    def running_count(self, session_id: str) -> int:
+        with self._lock:
+            return sum(1 for t in self._tool_calls.values() if t.session_id == session_id)
+
+    # ---- tool calls -------------------------------------------------------------
+
+    def begin_tool_call(
+        self, caller: Caller, session_id: str, intent: Intent, pid: int
+    ) -> ToolCall:
+        with self._lock:
+            session = self.get_session(caller, session_id)
+            limits = self._tool_call_limits(session, intent)
+            self._check_launcher(caller, pid)
+            tool_call = ToolCall(
+                id=_new_tool_call_id(),
+                session_id=session.id,
+                owner_uid=caller.uid,
+                intent=intent,
+                limits=limits,
+                started_at=time.time(),
+                launcher_pid=pid,
+            )
+            rel = tool_call.cgroup_rel
+            try:
+                self.backend.create(
+                    rel, self._group_limits(limits, intent.priority or session.priority)
+                )
+                self.backend.move(rel, pid)
+            except CgroupError as e:
+                with contextlib.suppress(CgroupError):
+                    self.backend.remove(rel)
+                if not os.path.exists(f"/proc/{pid}"):
+                    raise FailedPreconditionError(f"pid {pid} exited before it was placed") from e
+                raise UnavailableError(f"could not place pid {pid} in its cgroup: {e}") from e
+            session.tool_calls_total += 1
+            self.store.save_tool_call(tool_call)
+            self.store.save_session(session)
+            self._tool_calls[tool_call.id] = tool_call
+        log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
+        return tool_call
+
+    def end_tool_call(self, caller: Caller, tool_call_id: str, exit_status: ExitStatus) -> ToolCall:
+        with self._lock:
+            tool_call = self._find_tool_call(caller, tool_call_id)
+            if not tool_call.running:
+                return tool_call  # ending twice is harmless: the first report stands
+            return self._finish(tool_call, exit_status, kill=True)
+
+    def kill_tool_call(self, caller: Caller, tool_call_id: str, sig: int) -> ToolCall:
+        with self._lock:
+            tool_call = self._find_tool_call(caller, tool_call_id)
+            if not tool_call.running:
+                raise FailedPreconditionError(f"tool call {tool_call_id!r} has ended")
+            try:
+                self.backend.kill(tool_call.cgroup_rel, sig)
+            except CgroupError as e:
+                raise UnavailableError(str(e)) from e
+            return self._with_live_usage(tool_call)
+
+    def get_tool_call(self, caller: Caller, tool_call_id: str) -> ToolCall:
+        with self._lock:
+            tool_call = self._find_tool_call(caller, tool_call_id)
+            return self._with_live_usage(tool_call) if tool_call.running else tool_call
+
+    def list_tool_calls(
+        self, caller: Caller, session_id: str | None, include_ended: bool
+    ) -> list[ToolCall]:
+        with self._lock:
+            if session_id:
+                self.get_session(caller, session_id)
+            running = [
+                self._with_live_usage(t)
+                for t in self._tool_calls.values()
+                if (not session_id or t.session_id == session_id)
+                and self._visible(caller, t.owner_uid)
+            ]
+        ended: list[ToolCall] = []
+        if include_ended:
+            ended = [
+                t
+                for t in self.store.ended_tool_calls(session_id or None)
+                if self._visible(caller, t.owner_uid)
+            ]
+        return running + ended
+
+    def tool_calls_running(self) -> int:
+        with self._lock:
+            return len(self._tool_calls)
+
+    # ---- recovery and housekeeping ----------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Rebuild the in-memory state from the store and the cgroup tree after a start.
+
+        Tool calls whose group still exists stay running (their processes were
+        never touched); those whose group vanished are ended with an unknown exit
+        status; groups nobody knows of are removed when empty and reported otherwise.
+        """
+        counts = {"sessions": 0, "tool_calls_running": 0, "tool_calls_lost": 0, "groups_removed": 0}
+        with self._lock:
+            for session in self.store.open_sessions():
+                if not self.backend.exists(session.cgroup_rel):
+                    self.backend.create(session.cgroup_rel, self._session_limits(session))
+                self._sessions[session.id] = session
+                counts["sessions"] += 1
+            for tool_call in self.store.running_tool_calls():
+                if tool_call.session_id in self._sessions and self.backend.exists(
+                    tool_call.cgroup_rel
+                ):
+                    self._tool_calls[tool_call.id] = tool_call
+                    counts["tool_calls_running"] += 1
+                else:
+                    tool_call.ended_at = time.time()
+                    self.store.save_tool_call(tool_call)
+                    counts["tool_calls_lost"] += 1
+            counts["groups_removed"] = self._remove_unknown_groups()
+        log.info("state.recovered", **counts)
+        return counts
+
+    def _remove_unknown_groups(self) -> int:
+        removed = 0
+        for session_name in self.backend.children("sessions"):
+            session_rel = f"sessions/{session_name}"
+            known_session = session_name in self._sessions
+            for child in self.backend.children(session_rel):
+                if f"{child}" in self._tool_calls:
+                    continue
+                removed += self._remove_if_empty(f"{session_rel}/{child}")
+            if not known_session:
+                removed += self._remove_if_empty(session_rel)
+        return removed
+
+    def _remove_if_empty(self, rel: str) -> int:
+        if self.backend.procs(rel, recursive=True):
+            log.warning("cgroup.unknown_busy", group=self.backend.path_of(rel))
+            return 0
+        try:
+            self.backend.remove(rel)
+        except CgroupError as e:
+            log.warning("cgroup.remove_failed", group=rel, error=str(e))
+            return 0
+        return 1
+
+    def reap(self, now: float | None = None) -> list[ToolCall]:
+        """End tool calls whose group has been empty for longer than the grace period:
+        their caller died or forgot to report (the exit status is then unknown)."""
+        now = time.time() if now is None else now
+        reaped: list[ToolCall] = []
+        with self._lock:
+            for tool_call in list(self._tool_calls.values()):
+                try:
+                    empty = not self.backend.procs(tool_call.cgroup_rel)
+                except CgroupError:
+                    empty = True
+                if not empty:
+                    self._empty_since.pop(tool_call.id, None)
+                    continue
+                since = self._empty_since.setdefault(tool_call.id, now)
+                if now - since >= self.node.tool_call_grace_seconds:
+                    reaped.append(self._finish(tool_call, ExitStatus(), kill=False))
+        for tool_call in reaped:
+            log.info("tool_call.reaped", tool_call=tool_call.id, session=tool_call.session_id)
+        return reaped
+
+    # ---- internals --------------------------------------------------------------
+
+    def _finish(self, tool_call: ToolCall, exit_status: ExitStatus, kill: bool) -> ToolCall:
+        rel = tool_call.cgroup_rel
+        leftovers = 0
+        try:
+            if kill and self.backend.procs(rel, recursive=True):
+                # Whatever outlived the command (a daemonized child, a stuck pipe
+                # reader) ends with its tool call, like a systemd scope.
+                leftovers = self.backend.kill(rel)
+            usage = self._usage(tool_call, time.time())
+            self.backend.remove(rel)
+        except GroupBusyError as e:
+            log.warning("tool_call.remove_busy", tool_call=tool_call.id, error=str(e))
+            usage = tool_call.usage
+        except CgroupError as e:
+            log.warning("tool_call.cgroup_error", tool_call=tool_call.id, error=str(e))
+            usage = tool_call.usage
+        tool_call.ended_at = time.time()
+        tool_call.exit = exit_status
+        tool_call.usage = replace(usage, wall_seconds=tool_call.ended_at - tool_call.started_at)
+        tool_call.leftover_processes_killed = leftovers
+        self.store.save_tool_call(tool_call)
+        self._tool_calls.pop(tool_call.id, None)
+        self._empty_since.pop(tool_call.id, None)
+        log.debug("tool_call.ended", tool_call=tool_call.id, exit=exit_status.shell_code)
+        return tool_call
+
+    def _usage(self, tool_call: ToolCall, now: float) -> Usage:
+        raw = self.backend.usage(tool_call.cgroup_rel)
+        return Usage(
+            wall_seconds=now - tool_call.started_at,
+            cpu_user_seconds=raw.cpu_user_usec / 1e6,
+            cpu_system_seconds=raw.cpu_system_usec / 1e6,
+            peak_memory_bytes=raw.memory_peak,
+            memory_bytes=raw.memory_current,
+            oom_kills=raw.oom_kills,
+            cpu_throttled_seconds=raw.cpu_throttled_usec / 1e6,
+            cpu_throttled_periods=raw.cpu_nr_throttled,
+            processes=raw.pids_peak,
+            processes_running=raw.pids_current,
+        )
+
+    def _with_live_usage(self, tool_call: ToolCall) -> ToolCall:
+        try:
+            return replace(tool_call, usage=self._usage(tool_call, time.time()))
+        except CgroupError:
+            return tool_call
+
+    def _find_tool_call(self, caller: Caller, tool_call_id: str) -> ToolCall:
+        if not _TOOL_CALL_ID.match(tool_call_id):
+            raise InvalidArgumentError("tool_call_id", f"{tool_call_id!r} is not a tool call id")
+        tool_call = self._tool_calls.get(tool_call_id) or self.store.tool_call(tool_call_id)
+        if tool_call is None:
+            raise NotFoundError("tool call", tool_call_id)
+        self._check_owner(caller, tool_call.owner_uid, f"tool call {tool_call_id!r}")
+        return tool_call
+
+    @staticmethod
+    def _visible(caller: Caller, owner_uid: int) -> bool:
+        return caller.is_root or caller.uid == owner_uid
+
+    def _check_owner(self, caller: Caller, owner_uid: int, what: str) -> None:
+        if not self._visible(caller, owner_uid):
+            raise PermissionDeniedError(f"{what} belongs to another user")
+
+    def _check_launcher(self, caller: Caller, pid: int) -> None:
+        """Only a process of the caller's own, not yet placed, may be moved: otherwise an
+        agent could pull another user's process (or the daemon) under its limits."""
+        if pid <= 1:
+            raise InvalidArgumentError("pid", f"{pid} is not a launcher process id")
+        if pid == os.getpid():
+            raise InvalidArgumentError("pid", "the daemon cannot be placed in a tool call")
+        status = _proc_status(pid)
+        if not status:
+            raise InvalidArgumentError("pid", f"no process {pid}")
+        if any(t.launcher_pid == pid for t in self._tool_calls.values()):
+            raise FailedPreconditionError(f"pid {pid} is already a running tool call")
+        if caller.is_root:
+            return
+        real_uid = int(status.get("Uid", "-1").split()[0])
+        ppid = int(status.get("PPid", "-1"))
+        if real_uid != caller.uid or ppid != caller.pid:
+            raise PermissionDeniedError(
+                f"pid {pid} is not a child of the calling process {caller.pid} owned by uid "
+                f"{caller.uid}"
+            )
+
+    def _complete_budget(self, budget: Resources) -> Resources:
+        default = self.node.default_session
+        completed = Resources(
+            memory_max=budget.memory_max or default.memory_max,
+            memory_high=budget.memory_high,
+            memory_low=budget.memory_low,
+            cpu=budget.cpu or default.cpu,
+            pids_max=budget.pids_max or default.pids_max,
+        )
+        if completed.memory_max and completed.memory_max > self.node.allocatable_memory:
+            raise InvalidArgumentError(
+                "budget.memory_max",
+                f"{completed.memory_max} bytes is more than this node's allocatable "
+                f"{self.node.allocatable_memory} bytes",
+            )
+        if completed.cpu and completed.cpu > self.node.cpus:
+            raise InvalidArgumentError(
+                "budget.cpu", f"{completed.cpu} cores is more than this node's {self.node.cpus}"
+            )
+        self._check_order(completed, "budget")
+        return completed
+
+    @staticmethod
+    def _check_order(r: Resources, prefix: str) -> None:
+        if r.memory_high and r.memory_max and r.memory_high > r.memory_max:
+            raise InvalidArgumentError(f"{prefix}.memory_high", "is above memory_max")
+        if r.memory_low and r.memory_max and r.memory_low > r.memory_max:
+            raise InvalidArgumentError(f"{prefix}.memory_low", "is above memory_max")
+
+    def _tool_call_limits(self, session: Session, intent: Intent) -> Resources:
+        asked = intent.resources
+        budget = session.budget
+        for name in ("memory_max", "memory_high", "memory_low", "cpu", "pids_max"):
+            value = getattr(asked, name)
+            bound = getattr(budget, name) if name != "memory_high" else budget.memory_max
+            if name == "memory_low":
+                bound = budget.memory_max
+            if value is not None and bound is not None and value > bound:
+                raise InvalidArgumentError(
+                    f"intent.resources.{name}",
+                    f"{value} is over the session's budget of {bound}",
+                )
+        self._check_order(asked, "intent.resources")
+        return asked
+
+    def _session_limits(self, session: Session) -> GroupLimits:
+        b = session.budget
+        return GroupLimits(
+            memory_max=b.memory_max,
+            memory_high=b.memory_high,
+            memory_low=b.memory_low,
+            cpu_max_cores=b.cpu,
+            cpu_weight=CPU_WEIGHT[session.priority],
+            pids_max=b.pids_max,
+        )
+
+    @staticmethod
+    def _group_limits(r: Resources, priority: Priority) -> GroupLimits:
+        return GroupLimits(
+            memory_max=r.memory_max,
+            memory_high=r.memory_high,
+            memory_low=r.memory_low,
+            cpu_max_cores=r.cpu,
+            cpu_weight=CPU_WEIGHT[priority],
+            pids_max=r.pids_max,
+        )
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)

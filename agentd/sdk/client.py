@@ -1,0 +1,378 @@
+"""The agent-side SDK: sessions and tool calls that feel like `subprocess`.
+
+    from agentd.sdk import Client
+    with Client() as client, client.session("fix-bug-42", memory="2G") as session:
+        result = session.run(["pytest", "-x"], memory="1G", capture_output=True, text=True)
+        print(result.returncode, result.usage.peak_memory_bytes)
+
+How a command gets into its cgroup before it runs: the SDK starts a tiny launcher
+(`agentd-exec`) that blocks on a pipe, asks the daemon to create the tool call's
+group and move the launcher into it, then releases the launcher, which executes
+the command. Everything the command forks is therefore born inside the group,
+and the caller needs no write access to cgroupfs (the daemon checks that the pid
+is the caller's own child). See docs/placement.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import grpc
+
+from agentd.credproto import TOKEN_METADATA_KEY, fetch_token
+from agentd.sdk import launcher
+from agentd.sdk.errors import (
+    AgentdError,
+    DaemonUnavailable,
+    ToolCallFailed,
+    ToolCallTimeout,
+    from_rpc_error,
+)
+from agentd.v1 import agent_pb2 as pb
+from agentd.v1 import agent_pb2_grpc as pb_grpc
+
+DEFAULT_SOCKET = os.environ.get("AGENTD_SOCKET", "/run/agentd/agentd.sock")
+
+PRIORITIES = {
+    None: pb.PRIORITY_CLASS_UNSPECIFIED,
+    "interactive": pb.PRIORITY_CLASS_INTERACTIVE,
+    "normal": pb.PRIORITY_CLASS_NORMAL,
+    "batch": pb.PRIORITY_CLASS_BATCH,
+}
+
+T = TypeVar("T")
+
+
+def _amount(value: str | int | float | None) -> str:
+    return "" if value is None else str(value)
+
+
+def resources(
+    memory: str | int | None = None,
+    memory_high: str | int | None = None,
+    memory_low: str | int | None = None,
+    cpu: str | float | None = None,
+    pids: int | None = None,
+) -> pb.Resources:
+    return pb.Resources(
+        memory_max=_amount(memory),
+        memory_high=_amount(memory_high),
+        memory_low=_amount(memory_low),
+        cpu=_amount(cpu),
+        pids_max=pids or 0,
+    )
+
+
+def _priority(name: str | None) -> int:
+    if name not in PRIORITIES:
+        raise ValueError(f"priority must be one of interactive, normal, batch; not {name!r}")
+    return PRIORITIES[name]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a tool call used; `as_dict()` is the JSON summary agentctl writes."""
+
+    tool_call_id: str
+    exit_code: int | None
+    signal: int
+    oom_killed: bool
+    oom_kills: int
+    peak_memory_bytes: int
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    cpu_throttled_seconds: float
+    wall_seconds: float
+    processes: int
+    leftover_processes_killed: int
+
+    @classmethod
+    def from_pb(cls, t: pb.ToolCall) -> Usage:
+        return cls(
+            tool_call_id=t.id,
+            exit_code=(t.exit.exit_code if not t.exit.signal else None) if t.exit.known else None,
+            signal=t.exit.signal,
+            oom_killed=t.oom_killed,
+            oom_kills=t.usage.oom_kills,
+            peak_memory_bytes=t.usage.peak_memory_bytes,
+            cpu_user_seconds=t.usage.cpu_user_seconds,
+            cpu_system_seconds=t.usage.cpu_system_seconds,
+            cpu_throttled_seconds=t.usage.cpu_throttled_seconds,
+            wall_seconds=t.usage.wall_seconds,
+            processes=t.usage.processes,
+            leftover_processes_killed=t.leftover_processes_killed,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ToolCallResult:
+    """Like subprocess.CompletedProcess, plus the tool call's id and usage."""
+
+    args: Sequence[str]
+    returncode: int  # negative -N when killed by signal N, as in subprocess
+    stdout: Any
+    stderr: Any
+    tool_call_id: str
+    usage: Usage
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            raise ToolCallFailed(self)
+
+
+class Client:
+    """A connection to the local agentd. Thread-safe; reuse one per process."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path or DEFAULT_SOCKET
+        self.timeout = timeout
+        if not Path(self.socket_path).exists():
+            raise DaemonUnavailable(f"no agentd socket at {self.socket_path} (is agentd running?)")
+        self._channel = grpc.insecure_channel(f"unix:{self.socket_path}")
+        self._stub = pb_grpc.AgentServiceStub(self._channel)
+        self._token = self._fetch_token()
+
+    def _fetch_token(self) -> str:
+        try:
+            return fetch_token(self.socket_path)
+        except OSError as e:
+            raise DaemonUnavailable(
+                f"cannot identify to agentd at {self.socket_path}.cred: {e}"
+            ) from e
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """Invoke an AgentService method; a daemon restart (stale token) is retried once."""
+        rpc: Callable[..., Any] = getattr(self._stub, method)
+        for attempt in (0, 1):
+            try:
+                return rpc(
+                    request,
+                    timeout=timeout or self.timeout,
+                    metadata=((TOKEN_METADATA_KEY, self._token),),
+                )
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and attempt == 0:  # type: ignore[attr-defined]
+                    self._token = self._fetch_token()
+                    continue
+                raise from_rpc_error(e) from None
+        raise AssertionError("unreachable")
+
+    def session(
+        self,
+        name: str = "",
+        *,
+        memory: str | int | None = None,
+        memory_high: str | int | None = None,
+        cpu: str | float | None = None,
+        pids: int | None = None,
+        priority: str | None = None,
+        exist_ok: bool = False,
+    ) -> Session:
+        """Open a session with a budget; use it as a context manager to close it."""
+        msg = self.call(
+            "CreateSession",
+            pb.CreateSessionRequest(
+                name=name,
+                budget=resources(memory, memory_high, None, cpu, pids),
+                priority=_priority(priority),
+                exist_ok=exist_ok,
+            ),
+        )
+        return Session(self, msg)
+
+    def attach(self, session_id: str) -> Session:
+        """A handle on an existing open session of this caller's."""
+        return Session(self, self.call("GetSession", pb.GetSessionRequest(session_id=session_id)))
+
+    def sessions(self) -> list[pb.Session]:
+        return list(self.call("ListSessions", pb.ListSessionsRequest()).sessions)
+
+    def status(self) -> pb.NodeStatus:
+        return self.call("GetNodeStatus", pb.GetNodeStatusRequest())
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Session:
+    def __init__(self, client: Client, info: pb.Session) -> None:
+        self.client = client
+        self.info = info
+        self.id: str = info.id
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> pb.CloseSessionResponse:
+        return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id))
+
+    def tool_calls(self, include_ended: bool = False) -> list[pb.ToolCall]:
+        request = pb.ListToolCallsRequest(session_id=self.id, include_ended=include_ended)
+        return list(self.client.call("ListToolCalls", request).tool_calls)
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        memory: str | int | None = None,
+        memory_high: str | int | None = None,
+        cpu: str | float | None = None,
+        pids: int | None = None,
+        priority: str | None = None,
+        label: str | None = None,
+        expected_duration: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        text: bool = False,
+    ) -> ToolCallProcess:
+        """Start `args` as a tool call and return at once (like subprocess.Popen)."""
+        if isinstance(args, str | bytes):
+            raise TypeError("args must be a sequence of strings; agentd never runs a shell")
+        args = [os.fspath(a) for a in args]
+        if not args:
+            raise ValueError("args is empty")
+        intent = pb.Intent(
+            resources=resources(memory, memory_high, None, cpu, pids),
+            priority=_priority(priority),
+            label=label if label is not None else " ".join(args)[:4096],
+        )
+        if expected_duration is not None:
+            intent.expected_duration.FromNanoseconds(int(expected_duration * 1e9))
+        pending = launcher.spawn(
+            args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=text
+        )
+        try:
+            tool_call = self.client.call(
+                "BeginToolCall",
+                pb.BeginToolCallRequest(session_id=self.id, intent=intent, pid=pending.pid),
+            )
+        except BaseException:
+            pending.abort()
+            raise
+        try:
+            pending.release()
+        except OSError:
+            # The command could not be executed (e.g. not found): report the tool call
+            # as ended by the launcher's 127 and raise what subprocess would raise.
+            self.client.call(
+                "EndToolCall",
+                pb.EndToolCallRequest(
+                    tool_call_id=tool_call.id, exit=pb.ExitStatus(known=True, exit_code=127)
+                ),
+            )
+            raise
+        return ToolCallProcess(self.client, tool_call.id, args, pending.process)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        input: str | bytes | None = None,
+        capture_output: bool = False,
+        timeout: float | None = None,
+        check: bool = False,
+        **kwargs: Any,
+    ) -> ToolCallResult:
+        """Run `args` as a tool call and wait for it (like subprocess.run).
+
+        Extra keyword arguments are those of start(): memory, memory_high, cpu, pids,
+        priority, label, expected_duration, env, cwd, stdin, stdout, stderr, text.
+        On timeout every process of the tool call is killed and ToolCallTimeout raised.
+        """
+        if capture_output:
+            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+        if input is not None:
+            kwargs["stdin"] = subprocess.PIPE
+        process = self.start(args, **kwargs)
+        try:
+            stdout, stderr = process.popen.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.popen.communicate()
+            raise ToolCallTimeout(process.finish(stdout, stderr), timeout or 0.0) from None
+        except BaseException:
+            process.kill()
+            process.popen.wait()
+            process.finish(None, None)
+            raise
+        result = process.finish(stdout, stderr)
+        if check:
+            result.check_returncode()
+        return result
+
+
+class ToolCallProcess:
+    """A running tool call: the Popen of its command, plus kill() for the whole tree."""
+
+    def __init__(
+        self, client: Client, tool_call_id: str, args: Sequence[str], popen: subprocess.Popen
+    ) -> None:
+        self.client = client
+        self.tool_call_id = tool_call_id
+        self.args = args
+        self.popen = popen
+        self.pid = popen.pid
+
+    def kill(self, sig: int = 0) -> None:
+        """Signal every process of the tool call (SIGKILL by default), not just the command."""
+        request = pb.KillToolCallRequest(tool_call_id=self.tool_call_id, signal=sig)
+        try:
+            self.client.call("KillToolCall", request)
+        except AgentdError:
+            self.popen.kill()
+
+    def wait(self, timeout: float | None = None) -> ToolCallResult:
+        self.popen.wait(timeout)
+        return self.finish(None, None)
+
+    def finish(self, stdout: Any, stderr: Any) -> ToolCallResult:
+        """Report the exit status, collect the final usage; the group is removed."""
+        rc = self.popen.wait()
+        exit_status = pb.ExitStatus(known=True, exit_code=max(rc, 0), signal=max(-rc, 0))
+        ended = self.client.call(
+            "EndToolCall", pb.EndToolCallRequest(tool_call_id=self.tool_call_id, exit=exit_status)
+        )
+        return ToolCallResult(
+            args=self.args,
+            returncode=rc,
+            stdout=stdout,
+            stderr=stderr,
+            tool_call_id=self.tool_call_id,
+            usage=Usage.from_pb(ended),
+        )
+
+
+def wait_for_socket(socket_path: str, timeout: float = 10.0) -> None:
+    """Block until the daemon answers on `socket_path` (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with Client(socket_path, timeout=1.0) as client:
+                client.status()
+                return
+        except (AgentdError, OSError) as e:
+            last = e
+            time.sleep(0.05)
+    raise DaemonUnavailable(f"agentd did not answer on {socket_path} within {timeout}s: {last}")

@@ -1,0 +1,172 @@
+"""Durable state under the state directory, so that a restarted daemon knows every
+session and tool call again (the cgroup tree is the other half of the truth).
+
+SQLite in WAL mode: one small transaction per state change, crash-safe, and
+queryable by an operator with the sqlite3 shell.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    owner_uid INTEGER NOT NULL,
+    budget TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    closed_at REAL,
+    tool_calls_total INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    owner_uid INTEGER NOT NULL,
+    intent TEXT NOT NULL,
+    limits TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    launcher_pid INTEGER NOT NULL,
+    ended_at REAL,
+    exit TEXT,
+    usage TEXT,
+    leftover_killed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tool_calls_open ON tool_calls (ended_at) WHERE ended_at IS NULL;
+CREATE INDEX IF NOT EXISTS tool_calls_session ON tool_calls (session_id);
+"""
+
+
+def _intent_to_json(intent: Intent) -> str:
+    return json.dumps(
+        {
+            "resources": intent.resources.as_dict(),
+            "expected_duration_seconds": intent.expected_duration_seconds,
+            "priority": int(intent.priority) if intent.priority else None,
+            "label": intent.label,
+        }
+    )
+
+
+def _intent_from_json(text: str) -> Intent:
+    data = json.loads(text)
+    return Intent(
+        resources=Resources.from_dict(data["resources"]),
+        expected_duration_seconds=data["expected_duration_seconds"],
+        priority=Priority(data["priority"]) if data["priority"] else None,
+        label=data["label"],
+    )
+
+
+class Store:
+    """Sessions and tool calls, persisted. Thread-safe (one connection, one lock)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = state_dir / "agentd.db"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power loss may drop the last transactions but never
+        # corrupts; the cgroup tree lets recovery find tool calls the DB missed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def save_session(self, s: Session) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.id,
+                    s.owner_uid,
+                    json.dumps(s.budget.as_dict()),
+                    int(s.priority),
+                    s.created_at,
+                    s.closed_at,
+                    s.tool_calls_total,
+                ),
+            )
+
+    def save_tool_call(self, t: ToolCall) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO tool_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    t.id,
+                    t.session_id,
+                    t.owner_uid,
+                    _intent_to_json(t.intent),
+                    json.dumps(t.limits.as_dict()),
+                    t.started_at,
+                    t.launcher_pid,
+                    t.ended_at,
+                    json.dumps(asdict(t.exit)),
+                    json.dumps(asdict(t.usage)),
+                    t.leftover_processes_killed,
+                ),
+            )
+
+    def open_sessions(self) -> Iterator[Session]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM sessions WHERE closed_at IS NULL").fetchall()
+        for row in rows:
+            yield Session(
+                id=row[0],
+                owner_uid=row[1],
+                budget=Resources.from_dict(json.loads(row[2])),
+                priority=Priority(row[3]),
+                created_at=row[4],
+                closed_at=row[5],
+                tool_calls_total=row[6],
+            )
+
+    def running_tool_calls(self) -> Iterator[ToolCall]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tool_calls WHERE ended_at IS NULL").fetchall()
+        for row in rows:
+            yield self._tool_call(row)
+
+    def tool_call(self, tool_call_id: str) -> ToolCall | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM tool_calls WHERE id = ?", (tool_call_id,)
+            ).fetchone()
+        return self._tool_call(row) if row else None
+
+    def ended_tool_calls(self, session_id: str | None, limit: int = 1000) -> list[ToolCall]:
+        query = "SELECT * FROM tool_calls WHERE ended_at IS NOT NULL"
+        args: tuple[object, ...] = ()
+        if session_id:
+            query += " AND session_id = ?"
+            args = (session_id,)
+        query += " ORDER BY ended_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [self._tool_call(row) for row in rows]
+
+    @staticmethod
+    def _tool_call(row: tuple) -> ToolCall:  # type: ignore[type-arg]
+        return ToolCall(
+            id=row[0],
+            session_id=row[1],
+            owner_uid=row[2],
+            intent=_intent_from_json(row[3]),
+            limits=Resources.from_dict(json.loads(row[4])),
+            started_at=row[5],
+            launcher_pid=row[6],
+            ended_at=row[7],
+            exit=ExitStatus(**json.loads(row[8])) if row[8] else ExitStatus(),
+            usage=Usage(**json.loads(row[9])) if row[9] else Usage(),
+            leftover_processes_killed=row[10],
+        )

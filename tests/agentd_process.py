@@ -1,0 +1,106 @@
+"""A real agentd daemon in a subprocess, for integration tests and benchmarks.
+
+Each instance has its own socket, state directory and cgroup root
+(`agentd-test-<random>`), so tests never touch a production hierarchy and can
+run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from agentd.cgroups.base import CgroupError
+from agentd.cgroups.detect import choose_backend, detect_layout
+from agentd.sdk import Client
+from agentd.sdk.client import wait_for_socket
+
+
+class AgentdProcess:
+    def __init__(self, workdir: Path | None = None, config: str = "", root: str = "") -> None:
+        # Under /tmp with 0755 so that an unprivileged test client can reach the socket.
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="agentd-test-"))
+        self.workdir.chmod(0o755)
+        self.socket = str(self.workdir / "run" / "agentd.sock")
+        self.state_dir = str(self.workdir / "state")
+        self.cgroup_root = root or f"agentd-test-{uuid.uuid4().hex[:8]}"
+        self.config_path = self.workdir / "agentd.toml"
+        self.config_path.write_text(config)
+        self.log_path = self.workdir / "agentd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentd.daemon",
+                "--config",
+                str(self.config_path),
+                "--socket",
+                self.socket,
+                "--state-dir",
+                self.state_dir,
+                "--cgroup-root",
+                self.cgroup_root,
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,  # not the repo: import the installed package
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.socket + ".cred"):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agentd exited {self.process.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agentd did not start within {timeout}s:\n{self.logs()}")
+            time.sleep(0.02)
+        wait_for_socket(self.socket, timeout=timeout)
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cleanup(self) -> list[str]:
+        """Stop the daemon and remove its whole cgroup root; returns what was left behind
+        (group paths) so that a test can assert that nothing was."""
+        if self.running():
+            with contextlib.suppress(Exception):
+                self.stop()
+        backend = choose_backend(detect_layout(), "auto", self.cgroup_root)
+        leftovers: list[str] = []
+        if backend.exists(""):
+            for session in backend.children("sessions"):
+                leftovers.append(backend.path_of(f"sessions/{session}"))
+            with contextlib.suppress(CgroupError):
+                backend.kill("")
+            backend.remove("")
+        return leftovers
