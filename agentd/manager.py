@@ -45,6 +45,7 @@ log = structlog.get_logger("agentd.manager")
 
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOOL_CALL_ID = re.compile(r"^tc-[0-9a-f]{12}$")
+LAUNCHER_NAME = "agentd-exec"
 
 
 @dataclass(frozen=True)
@@ -411,16 +412,26 @@ class Manager:
         status = _proc_status(pid)
         if not status:
             raise InvalidArgumentError("pid", f"no process {pid}")
+        if not caller.is_root:
+            real_uid = int(status.get("Uid", "-1").split()[0])
+            ppid = int(status.get("PPid", "-1"))
+            if real_uid != caller.uid or ppid != caller.pid:
+                raise PermissionDeniedError(
+                    f"pid {pid} is not a child of the calling process {caller.pid} owned by "
+                    f"uid {caller.uid}"
+                )
         if any(t.launcher_pid == pid for t in self._tool_calls.values()):
             raise FailedPreconditionError(f"pid {pid} is already a running tool call")
-        if caller.is_root:
-            return
-        real_uid = int(status.get("Uid", "-1").split()[0])
-        ppid = int(status.get("PPid", "-1"))
-        if real_uid != caller.uid or ppid != caller.pid:
-            raise PermissionDeniedError(
-                f"pid {pid} is not a child of the calling process {caller.pid} owned by uid "
-                f"{caller.uid}"
+        # Only a launcher still waiting for its go may be placed: a process that already
+        # runs a command could have forked children that would stay outside the group.
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = ""
+        if os.path.basename(exe) != LAUNCHER_NAME:
+            raise FailedPreconditionError(
+                f"pid {pid} is not an agentd-exec launcher waiting to run its command "
+                f"(it runs {exe or 'something unreadable'})"
             )
 
     def _complete_budget(self, budget: Resources) -> Resources:
