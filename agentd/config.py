@@ -1,0 +1,348 @@
+"""The daemon's configuration: a TOML file, then the environment, then flags.
+
+Everything is read and validated once, in `load_config`, before the daemon
+touches anything: a wrong value stops the start with a message that names where
+it came from (file and table, variable or flag), the key and the reason. Unknown
+tables and keys are errors, because a typo silently ignored is a setting the
+operator believes is in force and is not.
+
+Every layer's values are validated, not only the winning one, so that a bad line
+in the file cannot hide behind a flag and surface on the next restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import grp
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentd.units import UnitError, parse_cpu, parse_size
+
+DEFAULT_CONFIG_PATH = Path("/etc/agentd/agentd.toml")
+
+BACKENDS = ("auto", "v1", "v2")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The kernel's PID_MAX_LIMIT: pids.max cannot usefully exceed it.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message is meant for the operator as is."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path
+    socket_mode: int  # permission bits, e.g. 0o660
+    socket_gid: int  # resolved from `socket_group` at load time
+    state_dir: Path
+    log_format: str  # auto | json | console
+    log_level: str  # debug | info | warning | error | critical
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    backend: str  # auto | v1 | v2
+    root: str  # name of agentd's top group
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    reserved_memory: int  # bytes kept for the host
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    session_memory: int  # bytes
+    session_cpu: float | None  # cores; None = all CPUs
+    session_pids: int
+    tool_call_grace_seconds: float
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig
+    cgroup: CgroupConfig
+    node: NodeConfig
+    defaults: DefaultsConfig
+    source: Path | None  # the file that was read, None when there was none
+
+
+# --- value parsers: each returns the typed value or raises ValueError(reason) ---
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _absolute_path(value: Any) -> Path:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return Path(os.path.normpath(text))
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _string(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _socket_mode(value: Any) -> int:
+    # Only strings: TOML's `660` would be the decimal 660 (= 0o1224), a trap.
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value.strip()):
+        raise ValueError('must be an octal string such as "0660"')
+    mode = int(value, 8)
+    # Connecting needs write permission on the socket, and whoever can connect can
+    # run commands as root through agentd: never let every local user in.
+    if mode & 0o002:
+        raise ValueError("must not be writable by others (anyone could use agentd as root)")
+    if not mode & 0o200:
+        raise ValueError("must be writable by its owner")
+    return mode
+
+
+def _socket_group(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        gid = value
+    else:
+        text = _string(value).strip()
+        if text == "":
+            return 0
+        if text.isdigit():
+            gid = int(text)
+        else:
+            try:
+                return grp.getgrnam(text).gr_gid
+            except KeyError:
+                raise ValueError(f"no group named {text!r} on this host") from None
+    if gid < 0:
+        raise ValueError("must be a group name or a non-negative gid")
+    return gid
+
+
+def _group_name(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) or text in (".", ".."):
+        raise ValueError("must be a single group name of letters, digits, _ . - (1-64 chars)")
+    return text
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError('must be a size such as "512M" or "4G"')
+        try:
+            size = parse_size(value)
+        except UnitError as e:
+            raise ValueError(str(e)) from None
+        if size < minimum:
+            raise ValueError(
+                "must be greater than zero" if minimum == 1 else f"must be >= {minimum}"
+            )
+        return size
+
+    return parse
+
+
+def _cpu(value: Any) -> float | None:
+    if isinstance(value, str) and value.strip() == "":
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError('must be a number of cores such as "2" or "500m", or "" for all')
+    try:
+        return parse_cpu(value)
+    except UnitError as e:
+        raise ValueError(str(e)) from None
+
+
+def _pids(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if not 1 <= value <= PID_MAX_LIMIT:
+        raise ValueError(f"must be between 1 and {PID_MAX_LIMIT}")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number >= 0")
+    return float(value)
+
+
+# --- the schema: table -> key -> (default, parser) ---
+
+_Parser = Callable[[Any], Any]
+
+SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
+    "daemon": {
+        "socket": ("/run/agentd/agentd.sock", _absolute_path),
+        "socket_mode": ("0660", _socket_mode),
+        "socket_group": ("", _socket_group),
+        "state_dir": ("/var/lib/agentd", _absolute_path),
+        "log_format": ("auto", _one_of(LOG_FORMATS)),
+        "log_level": ("info", _one_of(LOG_LEVELS)),
+    },
+    "cgroup": {
+        "backend": ("auto", _one_of(BACKENDS)),
+        "root": ("agentd", _group_name),
+    },
+    "node": {
+        "reserved_memory": ("1G", _size(0)),
+    },
+    "defaults": {
+        "session_memory": ("4G", _size(1)),
+        "session_cpu": ("", _cpu),
+        "session_pids": (4096, _pids),
+        "tool_call_grace_seconds": (30, _seconds),
+    },
+}
+
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "AGENTD_SOCKET": ("daemon", "socket"),
+    "AGENTD_STATE_DIR": ("daemon", "state_dir"),
+    "AGENTD_CGROUP_ROOT": ("cgroup", "root"),
+    "AGENTD_LOG_FORMAT": ("daemon", "log_format"),
+    "AGENTD_LOG_LEVEL": ("daemon", "log_level"),
+}
+
+# argparse dest -> (table, key, flag as typed)
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "socket": ("daemon", "socket", "--socket"),
+    "state_dir": ("daemon", "state_dir", "--state-dir"),
+    "cgroup_root": ("cgroup", "root", "--cgroup-root"),
+    "cgroup_backend": ("cgroup", "backend", "--cgroup-backend"),
+    "log_format": ("daemon", "log_format", "--log-format"),
+    "log_level": ("daemon", "log_level", "--log-level"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that override the file and the environment."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help=f"TOML configuration file (default: {DEFAULT_CONFIG_PATH}, if it exists)",
+    )
+    group.add_argument("--socket", metavar="PATH", help="unix socket of the agent API")
+    group.add_argument("--state-dir", metavar="DIR", help="directory for agentd's state")
+    group.add_argument("--cgroup-root", metavar="NAME", help="name of agentd's top cgroup")
+    group.add_argument("--cgroup-backend", choices=BACKENDS, help="cgroup version to use")
+    group.add_argument("--log-format", choices=LOG_FORMATS, help="log output format")
+    group.add_argument("--log-level", choices=LOG_LEVELS, help="lowest level logged")
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
+    """Defaults, overlaid by the file, the environment and the flags, in that order."""
+    values: dict[str, dict[str, Any]] = {
+        table: {key: parser(default) for key, (default, parser) in keys.items()}
+        for table, keys in SCHEMA.items()
+    }
+
+    path: Path | None = getattr(args, "config", None)
+    explicit = path is not None
+    source = Path(path) if explicit else DEFAULT_CONFIG_PATH
+    document = _read_file(source, explicit)
+    if document is None:
+        source = None
+    else:
+        for table, key, value in _file_entries(source, document):
+            values[table][key] = _parse(table, key, value, f"{source}: [{table}] {key}")
+
+    for variable, (table, key) in ENVIRONMENT.items():
+        value = environ.get(variable, "")
+        # An empty variable counts as unset, as in most daemons' environment files.
+        if value != "":
+            values[table][key] = _parse(table, key, value, f"environment: {variable}")
+
+    for dest, (table, key, flag) in FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            values[table][key] = _parse(table, key, value, flag)
+
+    daemon = values["daemon"]
+    return Config(
+        daemon=DaemonConfig(
+            socket=daemon["socket"],
+            socket_mode=daemon["socket_mode"],
+            socket_gid=daemon["socket_group"],
+            state_dir=daemon["state_dir"],
+            log_format=daemon["log_format"],
+            log_level=daemon["log_level"],
+        ),
+        cgroup=CgroupConfig(**values["cgroup"]),
+        node=NodeConfig(**values["node"]),
+        defaults=DefaultsConfig(**values["defaults"]),
+        source=source,
+    )
+
+
+def _parse(table: str, key: str, value: Any, where: str) -> Any:
+    try:
+        return SCHEMA[table][key][1](value)
+    except ValueError as e:
+        raise ConfigError(f"{where} = {value!r}: {e}") from None
+
+
+def _read_file(path: Path, explicit: bool) -> dict[str, Any] | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such file") from None
+        return None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _file_entries(path: Path, document: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(table, key, value) of the file, refusing anything the schema lacks."""
+    entries = []
+    for table, body in document.items():
+        if table not in SCHEMA:
+            if not isinstance(body, dict):
+                raise ConfigError(
+                    f"{path}: {table} = {body!r}: keys belong in a table "
+                    f"({', '.join(f'[{t}]' for t in SCHEMA)})"
+                )
+            raise ConfigError(f"{path}: unknown table [{table}]{_suggest(table, SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {table} = {body!r}: must be a table [{table}]")
+        for key, value in body.items():
+            if key not in SCHEMA[table]:
+                raise ConfigError(
+                    f"{path}: [{table}] unknown key {key!r}{_suggest(key, SCHEMA[table])}"
+                )
+            entries.append((table, key, value))
+    return entries
+
+
+def _suggest(name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (known: {', '.join(known)}){hint}"
