@@ -53,6 +53,8 @@ class DaemonConfig:
 class CgroupConfig:
     backend: str  # auto | v1 | v2
     root: str  # name of agentd's top group
+    delegated: str  # a v2 cgroup systemd delegated to agentd ("" = none); see docs/systemd.md
+    fast_placement: bool  # keep cgroup migration fast while sessions are open (warmer.py)
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,11 @@ def _socket_mode(value: Any) -> int:
         raise ValueError('must be an octal string such as "0660"')
     mode = int(value, 8)
     # Connecting needs write permission on the socket, and whoever can connect can
-    # run commands as root through agentd: never let every local user in.
+    # use agentd's API (as themselves): access is granted through a group, never to all.
     if mode & 0o002:
-        raise ValueError("must not be writable by others (anyone could use agentd as root)")
+        raise ValueError(
+            "must not be writable by others: grant access through socket_group instead"
+        )
     if not mode & 0o200:
         raise ValueError("must be writable by its owner")
     return mode
@@ -141,6 +145,24 @@ def _group_name(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) or text in (".", ".."):
         raise ValueError("must be a single group name of letters, digits, _ . - (1-64 chars)")
     return text
+
+
+def _cgroup_path(value: Any) -> str:
+    text = _string(value).strip("/")
+    if text and not all(
+        re.fullmatch(r"[A-Za-z0-9_.@:-]{1,255}", part) and part not in (".", "..")
+        for part in text.split("/")
+    ):
+        raise ValueError("must be a cgroup path like system.slice/agentd-workloads.service")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError("must be true or false")
 
 
 def _size(minimum: int) -> Callable[[Any], int]:
@@ -203,6 +225,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     "cgroup": {
         "backend": ("auto", _one_of(BACKENDS)),
         "root": ("agentd", _group_name),
+        "delegated": ("", _cgroup_path),
+        "fast_placement": (True, _bool),
     },
     "node": {
         "reserved_memory": ("1G", _size(0)),
@@ -229,6 +253,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "state_dir": ("daemon", "state_dir", "--state-dir"),
     "cgroup_root": ("cgroup", "root", "--cgroup-root"),
     "cgroup_backend": ("cgroup", "backend", "--cgroup-backend"),
+    "cgroup_delegated": ("cgroup", "delegated", "--cgroup-delegated"),
     "log_format": ("daemon", "log_format", "--log-format"),
     "log_level": ("daemon", "log_level", "--log-level"),
 }
@@ -247,6 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--state-dir", metavar="DIR", help="directory for agentd's state")
     group.add_argument("--cgroup-root", metavar="NAME", help="name of agentd's top cgroup")
     group.add_argument("--cgroup-backend", choices=BACKENDS, help="cgroup version to use")
+    group.add_argument(
+        "--cgroup-delegated",
+        metavar="PATH",
+        help="cgroup v2 path delegated to agentd by systemd (agentd-workloads.service)",
+    )
     group.add_argument("--log-format", choices=LOG_FORMATS, help="log output format")
     group.add_argument("--log-level", choices=LOG_LEVELS, help="lowest level logged")
 

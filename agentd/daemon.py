@@ -48,10 +48,25 @@ HOUSEKEEPING_SECONDS = 1.0
 def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, str]:
     """The backend and how its root was chosen.
 
-    Under systemd with Delegate=yes on cgroup v2 the daemon's own service cgroup is
-    the root (systemd's delegation contract); otherwise a top group named
-    cfg.cgroup.root under the mount(s).
+    In order: a cgroup that systemd delegated for the workloads (the shipped units:
+    agentd-workloads.service, see docs/systemd.md); the daemon's own service cgroup
+    when it runs with Delegate=yes on cgroup v2 (it moves itself into a leaf first;
+    safe across restarts only with systemd >= 254's DelegateSubgroup=); otherwise a
+    top group named cfg.cgroup.root under the mount(s).
     """
+    if cfg.cgroup.delegated:
+        if layout.mode != "v2" or not layout.v2_mount:
+            raise CgroupError(
+                f"[cgroup] delegated = {cfg.cgroup.delegated!r} needs a pure cgroup v2 "
+                f"hierarchy; this host is {layout.mode}"
+            )
+        backend = V2Backend(layout.v2_mount, cfg.cgroup.delegated)
+        if not backend.exists(""):
+            raise CgroupError(
+                f"delegated cgroup {backend.root_path()} does not exist: is "
+                "agentd-workloads.service running?"
+            )
+        return backend, "delegated by systemd (agentd-workloads.service)"
     if cfg.cgroup.backend in ("auto", "v2") and layout.mode == "v2" and layout.v2_mount:
         own = own_cgroup_v2()
         if os.environ.get("INVOCATION_ID") and is_delegated_service(own, layout.v2_mount):
@@ -121,7 +136,11 @@ class Daemon:
         store = Store(cfg.daemon.state_dir)
         manager = Manager(backend, store, node)
         recovered = manager.recover()
-        warmer = MigrationWarmer(backend, launcher_path(), active=manager.has_open_sessions)
+        warmer = MigrationWarmer(
+            backend,
+            launcher_path(),
+            active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
+        )
         warmer.start()
         tokens = TokenRegistry()
         node_info: dict[str, Any] = {

@@ -147,9 +147,14 @@ class Manager:
             self._check_owner(caller, session.owner_uid, f"session {session_id!r}")
             return session
 
-    def list_sessions(self, caller: Caller) -> list[Session]:
+    def list_sessions(self, caller: Caller, include_closed: bool = False) -> list[Session]:
         with self._lock:
-            return [s for s in self._sessions.values() if self._visible(caller, s.owner_uid)]
+            sessions = [s for s in self._sessions.values() if self._visible(caller, s.owner_uid)]
+        if include_closed:
+            sessions += [
+                s for s in self.store.closed_sessions() if self._visible(caller, s.owner_uid)
+            ]
+        return sessions
 
     def close_session(self, caller: Caller, session_id: str) -> tuple[Session, list[ToolCall]]:
         with self._lock:

@@ -121,15 +121,28 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT * FROM sessions WHERE closed_at IS NULL").fetchall()
         for row in rows:
-            yield Session(
-                id=row[0],
-                owner_uid=row[1],
-                budget=Resources.from_dict(json.loads(row[2])),
-                priority=Priority(row[3]),
-                created_at=row[4],
-                closed_at=row[5],
-                tool_calls_total=row[6],
-            )
+            yield self._session(row)
+
+    @staticmethod
+    def _session(row: tuple) -> Session:  # type: ignore[type-arg]
+        return Session(
+            id=row[0],
+            owner_uid=row[1],
+            budget=Resources.from_dict(json.loads(row[2])),
+            priority=Priority(row[3]),
+            created_at=row[4],
+            closed_at=row[5],
+            tool_calls_total=row[6],
+        )
+
+    def closed_sessions(self, limit: int = 1000) -> list[Session]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM sessions WHERE closed_at IS NOT NULL "
+                "ORDER BY closed_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [self._session(row) for row in rows]
 
     def running_tool_calls(self) -> Iterator[ToolCall]:
         with self._lock:

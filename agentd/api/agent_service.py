@@ -88,7 +88,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
     @rpc
     def ListSessions(self, caller: Caller, request: pb.ListSessionsRequest, context: Any):
-        sessions = self.manager.list_sessions(caller)
+        sessions = self.manager.list_sessions(caller, request.include_closed)
         return pb.ListSessionsResponse(sessions=[self._session(s) for s in sessions])
 
     @rpc

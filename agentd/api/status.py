@@ -17,6 +17,8 @@ from agentd.errors import (
     UnavailableError,
 )
 
+DOMAIN = "agentd.dev"
+
 _CODES: list[tuple[type[AgentdError], int]] = [
     (NotFoundError, code_pb2.NOT_FOUND),
     (InvalidArgumentError, code_pb2.INVALID_ARGUMENT),
@@ -41,6 +43,12 @@ def to_status(error: AgentdError) -> grpc.Status:
             field=error.field, description=error.reason
         )
         details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    elif isinstance(error, UnavailableError):
+        # Lets clients tell "the daemon answered: the host cannot do it" from
+        # "the daemon is unreachable", which gRPC reports with the same code.
+        details.append(
+            _packed(error_details_pb2.ErrorInfo(reason="HOST_UNAVAILABLE", domain=DOMAIN))
+        )
     elif isinstance(error, NotFoundError):
         details.append(
             _packed(

@@ -15,6 +15,8 @@ is the caller's own child). See docs/placement.md.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -37,7 +39,13 @@ from agentd.sdk.errors import (
 from agentd.v1 import agent_pb2 as pb
 from agentd.v1 import agent_pb2_grpc as pb_grpc
 
-DEFAULT_SOCKET = os.environ.get("AGENTD_SOCKET", "/run/agentd/agentd.sock")
+DEFAULT_SOCKET = "/run/agentd/agentd.sock"
+
+
+def default_socket() -> str:
+    """$AGENTD_SOCKET, read when a client is made, else /run/agentd/agentd.sock."""
+    return os.environ.get("AGENTD_SOCKET") or DEFAULT_SOCKET
+
 
 PRIORITIES = {
     None: pb.PRIORITY_CLASS_UNSPECIFIED,
@@ -133,7 +141,7 @@ class Client:
     """A connection to the local agentd. Thread-safe; reuse one per process."""
 
     def __init__(self, socket_path: str | None = None, timeout: float = 30.0) -> None:
-        self.socket_path = socket_path or DEFAULT_SOCKET
+        self.socket_path = socket_path or default_socket()
         self.timeout = timeout
         if not Path(self.socket_path).exists():
             raise DaemonUnavailable(f"no agentd socket at {self.socket_path} (is agentd running?)")
@@ -272,15 +280,18 @@ class Session:
             raise
         try:
             pending.release()
-        except OSError:
-            # The command could not be executed (e.g. not found): report the tool call
-            # as ended by the launcher's 127 and raise what subprocess would raise.
-            self.client.call(
-                "EndToolCall",
-                pb.EndToolCallRequest(
-                    tool_call_id=tool_call.id, exit=pb.ExitStatus(known=True, exit_code=127)
-                ),
-            )
+        except OSError as e:
+            # The command could not be executed: report the tool call as ended with the
+            # code a shell would give (127 not found, 126 not executable) and raise
+            # what subprocess would raise, even if that report fails.
+            code = 127 if e.errno == errno.ENOENT else 126
+            with contextlib.suppress(AgentdError):
+                self.client.call(
+                    "EndToolCall",
+                    pb.EndToolCallRequest(
+                        tool_call_id=tool_call.id, exit=pb.ExitStatus(known=True, exit_code=code)
+                    ),
+                )
             raise
         return ToolCallProcess(self.client, tool_call.id, args, pending.process)
 
@@ -312,9 +323,12 @@ class Session:
             stdout, stderr = process.popen.communicate()
             raise ToolCallTimeout(process.finish(stdout, stderr), timeout or 0.0) from None
         except BaseException:
-            process.kill()
-            process.popen.wait()
-            process.finish(None, None)
+            # Interrupted (KeyboardInterrupt, ...): end the whole tool call, and let the
+            # original exception through even if the daemon cannot be told.
+            with contextlib.suppress(Exception):
+                process.kill()
+                process.popen.wait()
+                process.finish(None, None)
             raise
         result = process.finish(stdout, stderr)
         if check:

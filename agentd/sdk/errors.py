@@ -26,6 +26,10 @@ class DaemonUnavailable(AgentdError):
     """The daemon's socket cannot be reached (not running, wrong path, no permission)."""
 
 
+class HostUnavailable(AgentdError):
+    """The daemon answered but the host cannot do it now (e.g. cgroupfs unreachable)."""
+
+
 class NotFound(AgentdError):
     pass
 
@@ -101,4 +105,10 @@ def from_rpc_error(error: grpc.RpcError) -> AgentdError:
             if detail.Unpack(bad) and bad.field_violations:
                 field = bad.field_violations[0].field
         return InvalidArgument(message, code, field)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        for detail in status.details if status else []:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.reason == "HOST_UNAVAILABLE":
+                return HostUnavailable(message, code)
     return _BY_CODE.get(code, AgentdError)(message, code)

@@ -11,9 +11,9 @@ import tempfile
 import textwrap
 
 import pytest
-from agentd.v1 import agent_pb2 as pb
 
 from agentd.sdk.launcher import launcher_path
+from agentd.v1 import agent_pb2 as pb
 
 NOBODY = 65534
 

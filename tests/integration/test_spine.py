@@ -10,9 +10,9 @@ import time
 
 import grpc
 import pytest
-from agentd.v1 import agent_pb2 as pb
 
 from agentd.sdk import FailedPrecondition, InvalidArgument, NotFound
+from agentd.v1 import agent_pb2 as pb
 
 PY = sys.executable
 MiB = 1024 * 1024

@@ -1,0 +1,236 @@
+"""cgroup v1 backend: one group per tool call in each of memory, cpu, cpuacct, pids, freezer.
+
+The group for `rel` is `<mount>/<root>/<rel>` in every hierarchy. Controllers that
+share a mount (cpu,cpuacct co-mounted) are one hierarchy: we mkdir/move/rmdir once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+
+from agentd.cgroups.base import CgroupError, GroupLimits, GroupUsage
+from agentd.cgroups.common import (
+    FREEZE_TIMEOUT_S,
+    check_rel,
+    freeze_signal_thaw,
+    join,
+    mkdir_exist_ok,
+    parse_keyed,
+    procs_of,
+    read_int,
+    remove_tree,
+    wait_until,
+)
+from agentd.cgroups.fs import CgroupFs, FsError
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+
+# Order in which hierarchies are created and processes moved. memory and pids come
+# first because they are the containment that protects the node (a runaway allocation
+# or fork loop): if a later write fails (cpu refuses RT tasks with EINVAL, for one) the
+# process is already contained, and the caller, which keeps it blocked until move()
+# returns, kills it. Order does not matter otherwise: the process cannot exec before
+# every write has returned.
+_ORDER = ("memory", "pids", "cpu", "cpuacct", "freezer")
+
+#: The kernel gives every new v1 cpu group this period; we never change it.
+CFS_PERIOD_US = 100_000
+#: The kernel refuses cfs quotas below 1 ms.
+MIN_CFS_QUOTA_US = 1_000
+
+_SUPPORTED = frozenset(
+    {"memory_max", "memory_high", "cpu_max_cores", "cpu_weight", "pids_max"},
+)
+
+
+class V1Backend:
+    name = "v1"
+
+    def __init__(self, mounts: dict[str, str], root: str, fs: CgroupFs | None = None) -> None:
+        missing = [c for c in V1_CONTROLLERS if c not in mounts]
+        if missing:
+            raise CgroupError(
+                f"cgroup v1 hierarchies missing for: {', '.join(missing)} "
+                f"(mounted: {', '.join(sorted(mounts)) or 'none'})"
+            )
+        self._fs = fs or CgroupFs()
+        self._root = check_rel(root.strip("/"), allow_empty=False)
+        # Per-controller base directory (<mount>/<root>).
+        self._base = {c: f"{mounts[c].rstrip('/')}/{self._root}" for c in V1_CONTROLLERS}
+        # Distinct hierarchies in _ORDER; co-mounted controllers collapse into one.
+        self._hier: list[str] = []
+        for c in _ORDER:
+            if self._base[c] not in self._hier:
+                self._hier.append(self._base[c])
+
+    # -- introspection -----------------------------------------------------------
+
+    def controllers(self) -> list[str]:
+        return list(V1_CONTROLLERS)
+
+    def supported_limits(self) -> frozenset[str]:
+        """GroupLimits fields this backend applies; memory_low has no v1 equivalent and is
+        ignored silently, so callers that care must check here."""
+        return _SUPPORTED
+
+    def hierarchies(self) -> list[str]:
+        """The distinct base directories (one per mounted hierarchy), in move order."""
+        return list(self._hier)
+
+    def root_path(self) -> str:
+        return self._base["memory"]
+
+    def path_of(self, rel: str) -> str:
+        return join(self._base["memory"], check_rel(rel))
+
+    def path_in(self, controller: str, rel: str) -> str:
+        """Path of `rel` in `controller`'s hierarchy (e.g. for reading cpu.stat)."""
+        return join(self._base[controller], check_rel(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self._fs.is_dir(self.path_of(rel))
+
+    def children(self, rel: str) -> list[str]:
+        return sorted(self._fs.subdirs(self.path_of(rel)))
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def ensure_root(self) -> None:
+        for base in self._hier:
+            mount = base[: -len(self._root) - 1]
+            cur = mount
+            for part in self._root.split("/"):
+                cur = f"{cur}/{part}"
+                mkdir_exist_ok(self._fs, cur)
+            mkdir_exist_ok(self._fs, f"{base}/sessions")
+
+    def create(self, rel: str, limits: GroupLimits) -> None:
+        check_rel(rel, allow_empty=False)
+        created: list[str] = []
+        try:
+            for base in self._hier:
+                path = f"{base}/{rel}"
+                try:
+                    self._fs.mkdir(path)
+                except FsError as e:
+                    if e.errno == errno.EEXIST:
+                        raise CgroupError(f"cgroup {path} already exists") from None
+                    raise
+                created.append(path)
+            # A group the kernel just created has the default period: no read needed.
+            self._apply(rel, limits, CFS_PERIOD_US)
+        except BaseException:
+            # Best-effort rollback; the original error is what the caller needs.
+            for path in reversed(created):
+                with contextlib.suppress(CgroupError):
+                    self._fs.rmdir(path)
+            raise
+
+    def set_limits(self, rel: str, limits: GroupLimits) -> None:
+        check_rel(rel, allow_empty=False)
+        period = CFS_PERIOD_US
+        if limits.cpu_max_cores is not None:
+            period = read_int(
+                self._fs, f"{self._base['cpu']}/{rel}/cpu.cfs_period_us", CFS_PERIOD_US
+            )
+        self._apply(rel, limits, period)
+
+    def _apply(self, rel: str, limits: GroupLimits, period: int) -> None:
+        w = self._fs.write_text
+        if limits.memory_max is not None:
+            w(f"{self._base['memory']}/{rel}/memory.limit_in_bytes", str(limits.memory_max))
+        if limits.memory_high is not None:
+            w(f"{self._base['memory']}/{rel}/memory.soft_limit_in_bytes", str(limits.memory_high))
+        # memory_low: no v1 knob (see supported_limits()).
+        if limits.cpu_max_cores is not None:
+            quota = max(MIN_CFS_QUOTA_US, round(limits.cpu_max_cores * period))
+            w(f"{self._base['cpu']}/{rel}/cpu.cfs_quota_us", str(quota))
+        if limits.cpu_weight is not None:
+            shares = max(2, limits.cpu_weight * 1024 // 100)
+            w(f"{self._base['cpu']}/{rel}/cpu.shares", str(shares))
+        if limits.pids_max is not None:
+            w(f"{self._base['pids']}/{rel}/pids.max", str(limits.pids_max))
+
+    def move(self, rel: str, pid: int) -> None:
+        """Write `pid` to cgroup.procs in every hierarchy, memory first (see _ORDER).
+
+        A partial move is not rolled back: the caller keeps the process blocked and
+        kills it when this raises.
+        """
+        check_rel(rel, allow_empty=False)
+        value = str(pid)
+        for base in self._hier:
+            self._fs.write_text(f"{base}/{rel}/cgroup.procs", value)
+
+    def remove(self, rel: str) -> None:
+        """Remove `rel` and descendants in every hierarchy, deepest first.
+
+        Stops at the first busy hierarchy (memory first), so a busy group is left whole
+        in the hierarchies that matter most rather than half-removed everywhere.
+        `rel` may be "" to remove the whole root.
+        """
+        check_rel(rel)
+        for base in self._hier:
+            remove_tree(self._fs, join(base, rel))
+
+    # -- observation -------------------------------------------------------------
+
+    def procs(self, rel: str, recursive: bool = False) -> list[int]:
+        return procs_of(self._fs, self.path_of(rel), recursive)
+
+    def usage(self, rel: str) -> GroupUsage:
+        check_rel(rel)
+        fs = self._fs
+        mem = join(self._base["memory"], rel)
+        acct = join(self._base["cpuacct"], rel)
+        pids = join(self._base["pids"], rel)
+        cpu_stat = parse_keyed(fs.read_text(f"{join(self._base['cpu'], rel)}/cpu.stat"))
+        oom = parse_keyed(fs.read_text(f"{mem}/memory.oom_control"))
+        current_pids = read_int(fs, f"{pids}/pids.current", 0)
+        return GroupUsage(
+            memory_current=read_int(fs, f"{mem}/memory.usage_in_bytes"),
+            memory_peak=read_int(fs, f"{mem}/memory.max_usage_in_bytes"),
+            oom_kills=oom.get("oom_kill", 0),
+            cpu_user_usec=read_int(fs, f"{acct}/cpuacct.usage_user") // 1000,
+            cpu_system_usec=read_int(fs, f"{acct}/cpuacct.usage_sys") // 1000,
+            # throttled_time is in ns on v1 (v2 reports usec)
+            cpu_throttled_usec=cpu_stat.get("throttled_time", 0) // 1000,
+            cpu_nr_throttled=cpu_stat.get("nr_throttled", 0),
+            pids_current=current_pids,
+            # pids.peak appeared in 6.1; older kernels only have current.
+            pids_peak=read_int(fs, f"{pids}/pids.peak", current_pids),
+        )
+
+    # -- freezer / kill ----------------------------------------------------------
+
+    def freeze(self, rel: str) -> None:
+        path = f"{join(self._base['freezer'], check_rel(rel))}/freezer.state"
+        self._fs.write_text(path, "FROZEN")
+        # FROZEN is reported only once every task (descendants included) is frozen;
+        # until then it reads FREEZING.
+        if not wait_until(lambda: self._fs.read_text(path).strip() == "FROZEN", FREEZE_TIMEOUT_S):
+            state = self._fs.read_text(path).strip()
+            raise CgroupError(f"freeze {path}: still {state} after {FREEZE_TIMEOUT_S} s")
+
+    def thaw(self, rel: str) -> None:
+        path = f"{join(self._base['freezer'], check_rel(rel))}/freezer.state"
+        self._fs.write_text(path, "THAWED")
+
+    def kill(self, rel: str, sig: int = signal.SIGKILL) -> int:
+        """Freeze the subtree, signal every pid in it, thaw; for SIGKILL wait until empty.
+
+        Pids come from the freezer hierarchy: that is the set the freeze guarantees
+        cannot fork. Other signals may be caught or ignored, so only SIGKILL waits.
+        """
+        check_rel(rel)
+        freezer = join(self._base["freezer"], rel)
+        return freeze_signal_thaw(
+            freeze=lambda: self.freeze(rel),
+            thaw=lambda: self.thaw(rel),
+            list_procs=lambda: procs_of(self._fs, freezer, recursive=True),
+            sig=sig,
+            wait_empty=sig == signal.SIGKILL,
+            describe=freezer,
+        )
