@@ -142,6 +142,10 @@ class Daemon:
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
         )
         warmer.start()
+        groups = threading.Thread(
+            target=self._group_worker, args=(manager,), name="agentd-groups", daemon=True
+        )
+        groups.start()
         tokens = TokenRegistry()
         node_info: dict[str, Any] = {
             "cgroup_mode": layout.mode,
@@ -165,10 +169,23 @@ class Daemon:
             self.notifier.stopping()
             server.stop()
             warmer.stop()
+            groups.join(2.0)
+            manager.remove_pending()
             running = manager.tool_calls_running()
             store.close()
             log.info("daemon.stopped", tool_calls_left_running=running)
         return 0
+
+    def _group_worker(self, manager: Manager) -> None:
+        """Off the request path: remove ended tool calls' groups, keep spares ready."""
+        while not self.stop_requested.is_set():
+            manager.spares_wanted.wait(0.5)
+            manager.spares_wanted.clear()
+            try:
+                manager.remove_pending()
+                manager.make_spares()
+            except Exception:
+                log.exception("daemon.group_worker_failed")
 
     def _housekeeping(self, manager: Manager, tokens: TokenRegistry) -> None:
         """Until asked to stop: reap abandoned tool calls, forget dead callers' tokens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import secrets
 import signal
@@ -84,7 +85,13 @@ def _proc_status(pid: int) -> dict[str, str]:
 
 
 class Manager:
-    def __init__(self, backend: CgroupBackend, store: Store, node: NodeLimits) -> None:
+    def __init__(
+        self,
+        backend: CgroupBackend,
+        store: Store,
+        node: NodeLimits,
+        spares_per_session: int = 2,
+    ) -> None:
         self.backend = backend
         self.store = store
         self.node = node
@@ -92,6 +99,15 @@ class Manager:
         self._sessions: dict[str, Session] = {}
         self._tool_calls: dict[str, ToolCall] = {}  # running ones only
         self._empty_since: dict[str, float] = {}
+        # Empty tool-call groups made ahead of time, per session: creating a group costs
+        # a mkdir in every hierarchy (5 on v1), which would otherwise sit on the
+        # BeginToolCall path. A spare is keyed by the session's creation time so that a
+        # spare of a closed session never serves a new session of the same name.
+        self.spares_per_session = spares_per_session
+        self._spares: dict[tuple[str, float], list[str]] = {}
+        self.spares_wanted = threading.Event()
+        # Groups of ended tool calls, removed off the request path (see _finish).
+        self._removals: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     # ---- sessions ---------------------------------------------------------------
 
@@ -136,6 +152,7 @@ class Manager:
                 raise UnavailableError(f"could not create the session's cgroup: {e}") from e
             self.store.save_session(session)
             self._sessions[session.id] = session
+        self.spares_wanted.set()
         log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
         return session
 
@@ -164,6 +181,7 @@ class Manager:
                 for t in list(self._tool_calls.values())
                 if t.session_id == session_id
             ]
+            self._spares.pop((session.id, session.created_at), None)
             try:
                 self.backend.remove(session.cgroup_rel)
             except CgroupError as e:
@@ -190,8 +208,9 @@ class Manager:
             session = self.get_session(caller, session_id)
             limits = self._tool_call_limits(session, intent)
             self._check_launcher(caller, pid)
+            spare = self._take_spare(session)
             tool_call = ToolCall(
-                id=_new_tool_call_id(),
+                id=spare or _new_tool_call_id(),
                 session_id=session.id,
                 owner_uid=caller.uid,
                 intent=intent,
@@ -200,10 +219,12 @@ class Manager:
                 launcher_pid=pid,
             )
             rel = tool_call.cgroup_rel
+            group_limits = self._group_limits(limits, intent.priority or session.priority)
             try:
-                self.backend.create(
-                    rel, self._group_limits(limits, intent.priority or session.priority)
-                )
+                if spare:
+                    self.backend.set_limits(rel, group_limits)
+                else:
+                    self.backend.create(rel, group_limits)
                 self.backend.move(rel, pid)
             except CgroupError as e:
                 with contextlib.suppress(CgroupError):
@@ -341,6 +362,66 @@ class Manager:
             log.info("tool_call.reaped", tool_call=tool_call.id, session=tool_call.session_id)
         return reaped
 
+    def _take_spare(self, session: Session) -> str | None:
+        spares = self._spares.get((session.id, session.created_at))
+        self.spares_wanted.set()
+        return spares.pop() if spares else None
+
+    def make_spares(self) -> int:
+        """Top up every open session's spare groups (called by a background thread).
+
+        The mkdirs run outside the lock; a spare is registered only if its session is
+        still the same open session, otherwise it is removed again.
+        """
+        made = 0
+        with self._lock:
+            wanted = [
+                (s.id, s.created_at, self.spares_per_session - len(self._spares.get(k, [])))
+                for s in self._sessions.values()
+                for k in [(s.id, s.created_at)]
+            ]
+        for session_id, created_at, missing in wanted:
+            for _ in range(max(missing, 0)):
+                tool_call_id = _new_tool_call_id()
+                rel = f"sessions/{session_id}/{tool_call_id}"
+                try:
+                    self.backend.create(rel, GroupLimits())
+                except CgroupError:
+                    break  # the session was closed meanwhile, or cgroupfs refuses
+                with self._lock:
+                    session = self._sessions.get(session_id)
+                    if session is not None and session.created_at == created_at:
+                        self._spares.setdefault((session_id, created_at), []).append(tool_call_id)
+                        made += 1
+                        continue
+                with contextlib.suppress(CgroupError):
+                    self.backend.remove(rel)
+        return made
+
+    def remove_pending(self) -> int:
+        """Remove the groups of ended tool calls (called by a background thread)."""
+        removed = 0
+        while True:
+            try:
+                rel = self._removals.get_nowait()
+            except queue.Empty:
+                return removed
+            try:
+                self.backend.remove(rel)
+                removed += 1
+            except GroupBusyError:
+                # Something got in after the end (only root can place processes
+                # there): end it too rather than leak the group.
+                with contextlib.suppress(CgroupError):
+                    self.backend.kill(rel)
+                    self.backend.remove(rel)
+            except CgroupError as e:
+                log.warning("tool_call.remove_failed", group=rel, error=str(e))
+
+    def spare_ids(self) -> set[str]:
+        with self._lock:
+            return {i for ids in self._spares.values() for i in ids}
+
     # ---- internals --------------------------------------------------------------
 
     def _finish(self, tool_call: ToolCall, exit_status: ExitStatus, kill: bool) -> ToolCall:
@@ -352,10 +433,10 @@ class Manager:
                 # reader) ends with its tool call, like a systemd scope.
                 leftovers = self.backend.kill(rel)
             usage = self._usage(tool_call, time.time())
-            self.backend.remove(rel)
-        except GroupBusyError as e:
-            log.warning("tool_call.remove_busy", tool_call=tool_call.id, error=str(e))
-            usage = tool_call.usage
+            # The group is empty now; rmdir in every hierarchy costs ~0.2 ms that the
+            # caller need not wait for (remove_pending() does it within milliseconds).
+            self._removals.put(rel)
+            self.spares_wanted.set()
         except CgroupError as e:
             log.warning("tool_call.cgroup_error", tool_call=tool_call.id, error=str(e))
             usage = tool_call.usage

@@ -11,7 +11,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
@@ -111,8 +110,9 @@ class Store:
                     t.started_at,
                     t.launcher_pid,
                     t.ended_at,
-                    json.dumps(asdict(t.exit)),
-                    json.dumps(asdict(t.usage)),
+                    # vars(), not asdict(): these are flat, and asdict deep-copies.
+                    json.dumps(vars(t.exit)),
+                    json.dumps(vars(t.usage)),
                     t.leftover_processes_killed,
                 ),
             )
