@@ -34,7 +34,7 @@ from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, add_arguments, load_config
 from agentd.log import configure_logging
-from agentd.manager import Manager, NodeLimits
+from agentd.manager import Caller, Manager, NodeLimits
 from agentd.model import Resources
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
@@ -43,6 +43,7 @@ from agentd.store import Store
 log = structlog.get_logger("agentd")
 
 HOUSEKEEPING_SECONDS = 1.0
+ROOT = Caller(uid=0, gid=0, pid=os.getpid())
 
 
 def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, str]:
@@ -96,7 +97,8 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stop_requested = threading.Event()
-        self.notifier = Notifier()
+        # Unset NOTIFY_SOCKET & co. so that no child of ours can talk to systemd for us.
+        self.notifier = Notifier(unset_environment=True)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("daemon.signal", signal=signal.Signals(signum).name)
@@ -194,11 +196,19 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval()
         if watchdog:
             interval = min(interval, watchdog / 2)
+        last_status = ""
         while not self.stop_requested.wait(interval):
             started = time.monotonic()
             try:
                 manager.reap()
                 tokens.prune()
+                status = (
+                    f"{len(manager.list_sessions(ROOT))} sessions, "
+                    f"{manager.tool_calls_running()} tool calls running"
+                )
+                if status != last_status:
+                    self.notifier.status(status)
+                    last_status = status
             except Exception:
                 log.exception("daemon.housekeeping_failed")
             self.notifier.watchdog()

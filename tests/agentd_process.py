@@ -36,7 +36,7 @@ class AgentdProcess:
         self.log_path = self.workdir / "agentd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [
@@ -59,6 +59,7 @@ class AgentdProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,  # not the repo: import the installed package
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + timeout
