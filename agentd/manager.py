@@ -232,9 +232,10 @@ class Manager:
                 if not os.path.exists(f"/proc/{pid}"):
                     raise FailedPreconditionError(f"pid {pid} exited before it was placed") from e
                 raise UnavailableError(f"could not place pid {pid} in its cgroup: {e}") from e
+            # The count is not persisted per tool call (a write on the hot path); the
+            # store recounts it from the tool_calls table when the session is loaded.
             session.tool_calls_total += 1
             self.store.save_tool_call(tool_call)
-            self.store.save_session(session)
             self._tool_calls[tool_call.id] = tool_call
         log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
         return tool_call

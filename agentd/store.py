@@ -123,17 +123,21 @@ class Store:
         for row in rows:
             yield self._session(row)
 
-    @staticmethod
-    def _session(row: tuple) -> Session:  # type: ignore[type-arg]
-        return Session(
+    def _session(self, row: tuple) -> Session:  # type: ignore[type-arg]
+        session = Session(
             id=row[0],
             owner_uid=row[1],
             budget=Resources.from_dict(json.loads(row[2])),
             priority=Priority(row[3]),
             created_at=row[4],
             closed_at=row[5],
-            tool_calls_total=row[6],
         )
+        with self._lock:
+            (session.tool_calls_total,) = self._db.execute(
+                "SELECT COUNT(*) FROM tool_calls WHERE session_id = ? AND started_at >= ?",
+                (session.id, session.created_at),
+            ).fetchone()
+        return session
 
     def closed_sessions(self, limit: int = 1000) -> list[Session]:
         with self._lock:

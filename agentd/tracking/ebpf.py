@@ -1,0 +1,196 @@
+"""The eBPF source: bpf/tracker.c loaded with bcc, its ring buffer polled on a thread.
+
+Attribution happens in the kernel (see bpf/tracker.c); this module turns ring buffer
+records into ProcEvents, pairs each exec with the argv read at execve() entry, and
+sums the kernel's loss counters.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agentd.tracking.events import Kind, LossReport, ProcEvent
+from agentd.tracking.procinfo import read_argv
+from agentd.tracking.source import Sink, SourceUnavailable
+
+EV_FORK, EV_EXEC, EV_EXIT, EV_ARGS = 1, 2, 3, 4
+F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED = 1, 2, 4
+COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted")
+TRACEFS = "/sys/kernel/tracing"
+_PENDING_ARGS_MAX = 4096
+
+
+class _Header(ct.Structure):
+    # Mirrors `struct event` in bpf/tracker.c.
+    _fields_ = [
+        ("key", ct.c_uint64),
+        ("ts", ct.c_uint64),
+        ("type", ct.c_uint32),
+        ("pid", ct.c_uint32),
+        ("ppid", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("code", ct.c_int32),
+        ("len", ct.c_uint32),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+_HEADER_SIZE = ct.sizeof(_Header)
+
+
+def bpf_source_path() -> Path:
+    """tracker.c: installed next to the package (setup.py copies bpf/ into agentd/bpf/),
+    or the repository's bpf/ when running from a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "bpf" / "tracker.c", here.parent.parent / "bpf" / "tracker.c"):
+        if candidate.is_file():
+            return candidate
+    raise SourceUnavailable("bpf/tracker.c not found next to the agentd package")
+
+
+def ensure_tracefs() -> None:
+    """bcc reads tracepoint formats from tracefs, which is not mounted at boot here."""
+    if os.path.isdir(f"{TRACEFS}/events/sched"):
+        return
+    rc = os.system(f"mount -t tracefs nodev {TRACEFS} 2>/dev/null")
+    if rc != 0 or not os.path.isdir(f"{TRACEFS}/events/sched"):
+        raise SourceUnavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed")
+
+
+class EbpfSource:
+    name = "ebpf"
+    lossless = True
+
+    def __init__(self, ringbuf_pages: int = 2048, max_procs: int = 65536) -> None:
+        # 2048 pages = 8 MiB: ~150k fork/exit records or ~2k full argv records of slack
+        # while the consumer thread is descheduled.
+        self.ringbuf_pages = ringbuf_pages
+        self.max_procs = max_procs
+        self.load_seconds = 0.0
+        self._bpf: Any = None
+        self._sink: Sink | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pending_args: dict[int, tuple[tuple[str, ...], bool]] = {}
+        self.events_received = 0
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    def start(self, sink: Sink) -> None:
+        try:
+            import bcc
+        except ImportError as e:
+            raise SourceUnavailable(f"bcc is not importable: {e}") from e
+        ensure_tracefs()
+        text = bpf_source_path().read_bytes()
+        t0 = time.monotonic()
+        try:
+            self._bpf = bcc.BPF(
+                text=text,
+                cflags=[
+                    f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                    f"-DMAX_PROCS={self.max_procs}",
+                    "-Wno-macro-redefined",
+                ],
+            )
+        except Exception as e:
+            raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e}") from e
+        self.load_seconds = time.monotonic() - t0
+        self._sink = sink
+        self._bpf[b"events"].open_ring_buffer(self._on_record)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="agentd-ebpf", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def _run(self) -> None:
+        bpf = self._bpf
+        while not self._stop.is_set():
+            # The callback runs on this thread; the GIL is released while polling.
+            bpf.ring_buffer_poll(100)
+        bpf.ring_buffer_consume()
+
+    # ---- attribution --------------------------------------------------------------
+
+    def watch(self, pid: int, key: int, cgroup_procs: str | None = None) -> None:
+        procs = self._bpf[b"procs"]
+        leaf = procs.Leaf()
+        leaf.key = key
+        procs[procs.Key(pid)] = leaf
+
+    def unwatch(self, key: int) -> None:
+        procs = self._bpf[b"procs"]
+        for k, v in list(procs.items()):
+            if v.key == key:
+                procs.pop(k, None)
+
+    def watched(self) -> dict[int, int]:
+        """pid -> key, as the kernel has it now."""
+        return {k.value: v.key for k, v in self._bpf[b"procs"].items()}
+
+    # ---- losses ------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        table = self._bpf[b"counters"]
+        return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(COUNTERS)}
+
+    def lost_events(self) -> int:
+        """Events the kernel could not write into the ring buffer."""
+        return self.counters()["ringbuf_lost"]
+
+    def loss(self) -> LossReport:
+        c = self.counters()
+        # A full procs map loses attribution of a whole subtree: that is loss too.
+        return LossReport(
+            source=self.name, lost=c["ringbuf_lost"] + c["map_full"], exact=True, detail=c
+        )
+
+    # ---- decoding ------------------------------------------------------------------
+
+    def _on_record(self, _ctx: Any, data: int, size: int) -> int:
+        self.events_received += 1
+        h = _Header.from_address(data)
+        payload = ct.string_at(data + _HEADER_SIZE, h.len) if h.len else b""
+        comm = h.comm.decode(errors="replace")
+        if h.type == EV_ARGS:
+            if len(self._pending_args) >= _PENDING_ARGS_MAX:
+                self._pending_args.clear()  # only failed execs of vanished threads pile up
+            argv = tuple(a.decode(errors="replace") for a in payload.rstrip(b"\0").split(b"\0"))
+            self._pending_args[h.ppid] = (argv, bool(h.flags & F_TRUNCATED))
+            return 0
+        if h.type == EV_FORK:
+            ev = ProcEvent(Kind.FORK, h.key, h.pid, h.ts, ppid=h.ppid, comm=comm)
+        elif h.type == EV_EXEC:
+            argv, truncated = self._pending_args.pop(h.ppid, (None, False))
+            if argv is None or truncated:
+                argv = read_argv(h.pid) or argv  # still alive, maybe: the full argv
+            exe = payload.rstrip(b"\0").decode(errors="replace")
+            ev = ProcEvent(
+                Kind.EXEC, h.key, h.pid, h.ts, comm=comm, exe=exe, argv=argv,
+                argv_truncated=truncated,
+            )  # fmt: skip
+        elif h.type == EV_EXIT:
+            self._pending_args.pop(h.pid, None)
+            ev = ProcEvent(
+                Kind.EXIT, h.key, h.pid, h.ts, comm=comm,
+                exit_code=h.code if h.flags & F_EXIT_CODE else None,
+                signal=h.code if h.flags & F_EXIT_SIGNAL else None,
+            )  # fmt: skip
+        else:
+            return 0
+        assert self._sink is not None
+        self._sink(ev)
+        return 0
