@@ -29,6 +29,7 @@ from agentd.units import UnitError, parse_cpu, parse_size
 DEFAULT_CONFIG_PATH = Path("/etc/agentd/agentd.toml")
 
 BACKENDS = ("auto", "v1", "v2")
+TRACKING_SOURCES = ("auto", "ebpf", "netlink", "procfs", "off")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The kernel's PID_MAX_LIMIT: pids.max cannot usefully exceed it.
@@ -63,6 +64,11 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    source: str  # auto | ebpf | netlink | procfs | off
+
+
+@dataclass(frozen=True)
 class DefaultsConfig:
     session_memory: int  # bytes
     session_cpu: float | None  # cores; None = all CPUs
@@ -75,6 +81,7 @@ class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
     node: NodeConfig
+    tracking: TrackingConfig
     defaults: DefaultsConfig
     source: Path | None  # the file that was read, None when there was none
 
@@ -231,6 +238,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     "node": {
         "reserved_memory": ("1G", _size(0)),
     },
+    "tracking": {
+        "source": ("auto", _one_of(TRACKING_SOURCES)),
+    },
     "defaults": {
         "session_memory": ("4G", _size(1)),
         "session_cpu": ("", _cpu),
@@ -321,6 +331,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         ),
         cgroup=CgroupConfig(**values["cgroup"]),
         node=NodeConfig(**values["node"]),
+        tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
         source=source,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from agentd import __version__, capabilities
 from agentd.api.agent_service import AgentService
 from agentd.api.peercred import TokenRegistry
 from agentd.api.server import UnixServer
+from agentd.capabilities import ensure_tracefs
 from agentd.cgroups.base import CgroupBackend, CgroupError, GroupLimits
 from agentd.cgroups.detect import (
     CgroupLayout,
@@ -33,12 +35,14 @@ from agentd.cgroups.detect import (
 from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, add_arguments, load_config
+from agentd.events import Event, EventBus
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
 from agentd.model import Resources
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
+from agentd.tracking import Tracker
 
 log = structlog.get_logger("agentd")
 
@@ -75,6 +79,55 @@ def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, st
             backend.move_self_to_leaf("daemon")
             return backend, "systemd delegation"
     return choose_backend(layout, cfg.cgroup.backend, cfg.cgroup.root), "configured name"
+
+
+def start_tracker(prefer: str) -> Tracker | None:
+    """The process-event source: a failure is logged and the daemon runs without
+    process trees rather than not at all (its cgroups still hold every process)."""
+    if prefer == "off":
+        return None
+    if prefer in ("auto", "ebpf"):
+        error = ensure_tracefs()  # bcc reads tracepoint formats from tracefs
+        if error:
+            log.warning("tracking.tracefs_unavailable", error=error)
+    started = time.monotonic()
+    try:
+        tracker = Tracker.start(prefer=prefer)
+    except Exception as e:
+        log.error("tracking.unavailable", prefer=prefer, error=str(e))
+        return None
+    log.info(
+        "tracking.started",
+        source=tracker.source_name,
+        reason=tracker.reason,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return tracker
+
+
+def forward_process_events(
+    tracker: Tracker, manager: Manager, bus: EventBus, stop: threading.Event
+) -> None:
+    """Process events from the tracker to watchers, tagged with session and owner."""
+    subscription = tracker.subscribe()
+    while not stop.is_set():
+        try:
+            tool_call_id, event = subscription.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        owner = manager.session_of(tool_call_id)
+        if owner is None:
+            continue
+        session_id, owner_uid = owner
+        bus.publish(
+            Event(
+                session_id=session_id,
+                tool_call_id=tool_call_id,
+                owner_uid=owner_uid,
+                kind="process",
+                payload=event,
+            )
+        )
 
 
 def node_limits(cfg: Config) -> NodeLimits:
@@ -136,8 +189,17 @@ class Daemon:
             cpus=node.cpus,
         )
         store = Store(cfg.daemon.state_dir)
-        manager = Manager(backend, store, node)
+        tracker = start_tracker(cfg.tracking.source)
+        bus = EventBus()
+        manager = Manager(backend, store, node, tracker=tracker, bus=bus)
         recovered = manager.recover()
+        if tracker is not None:
+            threading.Thread(
+                target=forward_process_events,
+                args=(tracker, manager, bus, self.stop_requested),
+                name="agentd-events",
+                daemon=True,
+            ).start()
         warmer = MigrationWarmer(
             backend,
             launcher_path(),
@@ -152,7 +214,7 @@ class Daemon:
         node_info: dict[str, Any] = {
             "cgroup_mode": layout.mode,
             "capabilities": caps.summary(),
-            "process_tracking": "cgroup",
+            "process_tracking": tracker.source_name if tracker else "off",
         }
         service = AgentService(manager, tokens, lambda: node_info)
         socket_path = str(cfg.daemon.socket)
@@ -169,7 +231,10 @@ class Daemon:
             self._housekeeping(manager, tokens)
         finally:
             self.notifier.stopping()
+            service.stopping.set()
             server.stop()
+            if tracker is not None:
+                tracker.stop()
             warmer.stop()
             groups.join(2.0)
             manager.remove_pending()

@@ -17,6 +17,7 @@ import secrets
 import signal
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import structlog
@@ -30,6 +31,7 @@ from agentd.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from agentd.events import Event, EventBus
 from agentd.model import (
     CPU_WEIGHT,
     ExitStatus,
@@ -41,12 +43,14 @@ from agentd.model import (
     Usage,
 )
 from agentd.store import Store
+from agentd.tracking import Tracker
 
 log = structlog.get_logger("agentd.manager")
 
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOOL_CALL_ID = re.compile(r"^tc-[0-9a-f]{12}$")
 LAUNCHER_NAME = "agentd-exec"
+RECENT_TOOL_CALLS = 1024
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,14 @@ class Manager:
         store: Store,
         node: NodeLimits,
         spares_per_session: int = 2,
+        tracker: Tracker | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.backend = backend
         self.store = store
         self.node = node
+        self.tracker = tracker
+        self.bus = bus if bus is not None else EventBus()
         self._lock = threading.RLock()
         self._sessions: dict[str, Session] = {}
         self._tool_calls: dict[str, ToolCall] = {}  # running ones only
@@ -106,6 +114,9 @@ class Manager:
         self.spares_per_session = spares_per_session
         self._spares: dict[tuple[str, float], list[str]] = {}
         self.spares_wanted = threading.Event()
+        # Ended tool calls whose processes may still report events (they outlive the
+        # command until killed); bounded.
+        self._recent: OrderedDict[str, ToolCall] = OrderedDict()
         # Groups of ended tool calls, removed off the request path (see _finish).
         self._removals: queue.SimpleQueue[str] = queue.SimpleQueue()
 
@@ -237,6 +248,9 @@ class Manager:
             session.tool_calls_total += 1
             self.store.save_tool_call(tool_call)
             self._tool_calls[tool_call.id] = tool_call
+            # Still before the launcher's go: the tracker sees every fork of the command.
+            self._track_begin(tool_call, [pid])
+        self._publish(tool_call, "tool_call_begun")
         log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
         return tool_call
 
@@ -310,6 +324,8 @@ class Manager:
                 ):
                     self._tool_calls[tool_call.id] = tool_call
                     counts["tool_calls_running"] += 1
+                    pids = self.backend.procs(tool_call.cgroup_rel, recursive=True)
+                    self._track_begin(tool_call, pids, seed=True)
                 else:
                     tool_call.ended_at = time.time()
                     self.store.save_tool_call(tool_call)
@@ -443,13 +459,81 @@ class Manager:
             usage = tool_call.usage
         tool_call.ended_at = time.time()
         tool_call.exit = exit_status
-        tool_call.usage = replace(usage, wall_seconds=tool_call.ended_at - tool_call.started_at)
+        processes = self._track_end(tool_call, exit_status)
+        tool_call.usage = replace(
+            usage,
+            wall_seconds=tool_call.ended_at - tool_call.started_at,
+            processes=processes if processes is not None else usage.processes,
+        )
         tool_call.leftover_processes_killed = leftovers
         self.store.save_tool_call(tool_call)
         self._tool_calls.pop(tool_call.id, None)
         self._empty_since.pop(tool_call.id, None)
         log.debug("tool_call.ended", tool_call=tool_call.id, exit=exit_status.shell_code)
+        self._publish(tool_call, "tool_call_ended")
         return tool_call
+
+    # ---- process tracking and events ----------------------------------------------
+
+    def _track_begin(self, tool_call: ToolCall, pids: list[int], seed: bool = False) -> None:
+        if self.tracker is None:
+            return
+        procs_file = f"{self.backend.path_of(tool_call.cgroup_rel)}/cgroup.procs"
+        try:
+            if seed:
+                self.tracker.seed(tool_call.id, pids, procs_file)
+            else:
+                self.tracker.begin(tool_call.id, pids[0], procs_file)
+        except Exception as e:
+            log.warning("tracking.begin_failed", tool_call=tool_call.id, error=str(e))
+
+    def _track_end(self, tool_call: ToolCall, exit_status: ExitStatus) -> int | None:
+        """Tell the tracker the command ended; the number of processes it saw."""
+        if self.tracker is None:
+            return None
+        known = exit_status.known
+        tree = self.tracker.end(
+            tool_call.id,
+            exit_code=exit_status.exit_code if known and not exit_status.signal else None,
+            signal=exit_status.signal or None,
+        )
+        if tree is None:
+            return None
+        with self.tracker.locked():
+            return len(tree.nodes) + tree.dropped
+
+    def process_tree(self, caller: Caller, tool_call_id: str) -> dict[str, object]:
+        with self._lock:
+            tool_call = self._find_tool_call(caller, tool_call_id)
+        if self.tracker is None:
+            raise FailedPreconditionError("process tracking is off on this node")
+        snapshot = self.tracker.snapshot(tool_call.id)
+        if snapshot is None:
+            raise FailedPreconditionError(
+                f"the process tree of {tool_call_id!r} is no longer kept (only the most "
+                "recent tool calls' trees are)"
+            )
+        return snapshot
+
+    def session_of(self, tool_call_id: str) -> tuple[str, int] | None:
+        """(session id, owner uid) of a running or recently ended tool call."""
+        tool_call = self._tool_calls.get(tool_call_id) or self._recent.get(tool_call_id)
+        return (tool_call.session_id, tool_call.owner_uid) if tool_call else None
+
+    def _publish(self, tool_call: ToolCall, kind: str) -> None:
+        with self._lock:
+            self._recent[tool_call.id] = tool_call
+            while len(self._recent) > RECENT_TOOL_CALLS:
+                self._recent.popitem(last=False)
+        self.bus.publish(
+            Event(
+                session_id=tool_call.session_id,
+                tool_call_id=tool_call.id,
+                owner_uid=tool_call.owner_uid,
+                kind=kind,
+                payload=replace(tool_call),  # a copy: the tool call changes when it ends
+            )
+        )
 
     def _usage(self, tool_call: ToolCall, now: float) -> Usage:
         raw = self.backend.usage(tool_call.cgroup_rel)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import queue
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -16,6 +18,7 @@ from agentd.api import convert
 from agentd.api.peercred import TokenRegistry
 from agentd.api.status import internal, to_status, unauthenticated
 from agentd.errors import AgentdError, InvalidArgumentError
+from agentd.events import Event
 from agentd.manager import Caller, Manager
 from agentd.model import Session, ToolCall
 from agentd.v1 import agent_pb2 as pb
@@ -63,6 +66,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self.tokens = tokens
         self.node_info = node_info
         self.started_at = time.time()
+        self.stopping = threading.Event()  # ends Watch streams at shutdown
 
     def _session(self, s: Session) -> pb.Session:
         running = self.manager.running_count(s.id) if s.open else 0
@@ -156,6 +160,63 @@ class AgentService(pb_grpc.AgentServiceServicer):
         )
         status.started_at.FromNanoseconds(int(self.started_at * 1e9))
         return status
+
+    @rpc
+    def GetProcessTree(self, caller: Caller, request: pb.GetProcessTreeRequest, context: Any):
+        snapshot = self.manager.process_tree(
+            caller, _required(request.tool_call_id, "tool_call_id")
+        )
+        return convert.process_tree_to_pb(snapshot)
+
+    def Watch(
+        self, request: pb.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchEvent]:
+        """Streams events until the client goes away or the daemon stops. Each watcher
+        has a bounded queue; what a slow watcher missed is counted in dropped_before."""
+        caller = self.tokens.lookup(context.invocation_metadata())
+        if caller is None:
+            context.abort_with_status(unauthenticated("no valid agentd token"))
+        session_id = request.session_id
+        try:
+            if session_id:
+                self.manager.get_session(caller, session_id)
+        except AgentdError as e:
+            context.abort_with_status(to_status(e))
+
+        def accept(event: Event) -> bool:
+            if session_id and event.session_id != session_id:
+                return False
+            return caller.is_root or event.owner_uid == caller.uid
+
+        subscription = self.manager.bus.subscribe(accept)
+        try:
+            while context.is_active() and not self.stopping.is_set():
+                try:
+                    event, dropped = subscription.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                yield self._watch_event(event, dropped)
+        finally:
+            subscription.close()
+
+    def _watch_event(self, event: Event, dropped: int) -> pb.WatchEvent:
+        msg = pb.WatchEvent(
+            session_id=event.session_id, tool_call_id=event.tool_call_id, dropped_before=dropped
+        )
+        msg.time.FromNanoseconds(int(event.time * 1e9))
+        if event.kind == "process":
+            msg.process.CopyFrom(convert.process_event_to_pb(event.payload))
+        else:
+            tool_call: ToolCall = event.payload
+            kind = (
+                pb.TOOL_CALL_EVENT_KIND_BEGUN
+                if event.kind == "tool_call_begun"
+                else pb.TOOL_CALL_EVENT_KIND_ENDED
+            )
+            msg.tool_call.CopyFrom(
+                pb.ToolCallEvent(kind=kind, tool_call=self._tool_call(tool_call))
+            )
+        return msg
 
 
 def _required(value: str, field: str = "session_id") -> str:

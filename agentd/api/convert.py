@@ -6,11 +6,14 @@ with the exact field path of the request.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd.errors import InvalidArgumentError
 from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
+from agentd.tracking.events import ProcEvent
 from agentd.units import UnitError, parse_cpu, parse_size
 from agentd.v1 import agent_pb2 as pb
 
@@ -157,4 +160,51 @@ def tool_call_to_pb(t: ToolCall, cgroup: str) -> pb.ToolCall:
         leftover_processes_killed=t.leftover_processes_killed,
         cgroup=cgroup,
         launcher_pid=t.launcher_pid,
+    )
+
+
+def process_tree_to_pb(snapshot: dict[str, Any]) -> pb.ProcessTree:
+    """From Tracker.snapshot() (the JSON shape of `agentctl tree --json`)."""
+    processes = []
+    for node in snapshot["processes"]:
+        info = pb.ProcessInfo(
+            pid=node["pid"],
+            ppid=node["ppid"] or 0,
+            argv=node["argv"] or [],
+            argv_known=node["argv"] is not None,
+            exe=node["exe"] or "",
+            comm=node["comm"] or "",
+            exited=node["end_time"] is not None,
+            exit_code_known=node["exit_code"] is not None,
+            exit_code=node["exit_code"] or 0,
+            signal=node["signal"] or 0,
+            start_ns=node["start_ns"] or 0,
+            seeded=bool(node["seeded"]),
+        )
+        if node["start_time"] is not None:
+            info.start_time.CopyFrom(_timestamp(node["start_time"]))
+        if node["end_time"] is not None:
+            info.end_time.CopyFrom(_timestamp(node["end_time"]))
+        processes.append(info)
+    return pb.ProcessTree(
+        tool_call_id=snapshot["tool_call_id"],
+        source=snapshot["source"],
+        lost_events=snapshot["lost_events"],
+        loss_exact=snapshot["loss_exact"],
+        processes=processes,
+        dropped_processes=snapshot["dropped_processes"],
+        unmatched_events=snapshot["unmatched_events"],
+    )
+
+
+def process_event_to_pb(event: ProcEvent) -> pb.ProcessEvent:
+    return pb.ProcessEvent(
+        kind=int(event.kind),
+        pid=event.pid,
+        ppid=event.ppid,
+        argv=list(event.argv or ()),
+        exe=event.exe or "",
+        exit_code_known=event.exit_code is not None,
+        exit_code=event.exit_code or 0,
+        signal=event.signal or 0,
     )

@@ -206,6 +206,26 @@ def build_parser() -> _Parser:
     p.set_defaults(handler=cmd_tool_calls)
 
     p = sub.add_parser(
+        "tree",
+        parents=[common, json_flag],
+        help="the process tree of a tool call",
+        description="Every process the tool call started: pid, parent, argv, exit status, "
+        "and where the events came from (ebpf, netlink or procfs) with what was lost.",
+    )
+    p.add_argument("tool_call", metavar="TOOL_CALL_ID")
+    p.set_defaults(handler=cmd_tree)
+
+    p = sub.add_parser(
+        "watch",
+        parents=[common, json_flag],
+        help="stream process and tool-call events",
+        description="Print events as they happen until interrupted (Ctrl-C); --json prints "
+        "one JSON object per line.",
+    )
+    p.add_argument("--session", metavar="SESSION", help="only this session's events")
+    p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser(
         "run",
         parents=[common],
         usage="agentctl run --session SESSION [options] -- CMD [ARGS...]",
@@ -616,6 +636,110 @@ def cmd_close(args: argparse.Namespace) -> int:
     plural = "" if ended == 1 else "s"
     print(f"closed session {response.session.id} ({ended} running tool call{plural} killed)")
     return EXIT_OK
+
+
+def tree_dict(tree: Any) -> dict[str, Any]:
+    """The `agentctl tree --json` object from a ProcessTree message."""
+    return {
+        "tool_call_id": tree.tool_call_id,
+        "source": tree.source,
+        "lost_events": tree.lost_events,
+        "loss_exact": tree.loss_exact,
+        "dropped_processes": tree.dropped_processes,
+        "processes": [
+            {
+                "pid": p.pid,
+                "ppid": p.ppid,
+                "argv": list(p.argv) if p.argv_known else None,
+                "exe": p.exe or None,
+                "exit_code": p.exit_code if p.exit_code_known else None,
+                "signal": p.signal or None,
+                "start_time": _timestamp(p.start_time, p.HasField("start_time")),
+                "end_time": _timestamp(p.end_time, p.HasField("end_time")),
+                "seeded": p.seeded,
+            }
+            for p in tree.processes
+        ],
+    }
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    with _daemon_errors(args.socket), connect(args.socket) as client:
+        data = tree_dict(client.process_tree(args.tool_call))
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    processes = data["processes"]
+    children: dict[int, list[dict[str, Any]]] = {}
+    pids = {p["pid"] for p in processes}
+    for p in processes:
+        children.setdefault(p["ppid"], []).append(p)
+    roots = [p for p in processes if p["ppid"] not in pids]
+    loss = f"{data['lost_events']} lost" + ("" if data["loss_exact"] else " (lower bound)")
+    print(f"{data['tool_call_id']}: {len(processes)} processes, source {data['source']}, {loss}")
+
+    def show(p: dict[str, Any], depth: int) -> None:
+        if p["end_time"] is None:
+            state = "running"
+        elif p["signal"]:
+            state = f"killed by {_signal_name(p['signal'])}"
+        elif p["exit_code"] is not None:
+            state = f"exit {p['exit_code']}"
+        else:
+            state = "exited"
+        argv = " ".join(p["argv"]) if p["argv"] else (p["exe"] or "?")
+        print(f"{'  ' * depth}{p['pid']:>7}  {state:<18} {argv[:120]}")
+        for child in children.get(p["pid"], []):
+            show(child, depth + 1)
+
+    for root in roots:
+        show(root, 0)
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    try:
+        with _daemon_errors(args.socket), connect(args.socket) as client:
+            for event in client.watch(args.session or ""):
+                if args.json:
+                    print(json.dumps(MessageToDict(event)), flush=True)
+                    continue
+                when = time.strftime("%H:%M:%S", time.localtime(event.time.ToSeconds()))
+                if event.HasField("process"):
+                    p = event.process
+                    kind = pb_kind_name(p.kind)
+                    detail = " ".join(p.argv) if kind == "exec" else f"ppid {p.ppid}"
+                    if kind == "exit":
+                        detail = (
+                            f"killed by {_signal_name(p.signal)}"
+                            if p.signal
+                            else f"exit {p.exit_code}"
+                            if p.exit_code_known
+                            else "exit ?"
+                        )
+                    print(f"{when} {event.tool_call_id} {kind:<5} {p.pid:>7} {detail}", flush=True)
+                else:
+                    t = event.tool_call
+                    kind = "begun" if t.kind == 1 else "ended"
+                    print(
+                        f"{when} {event.tool_call_id} {kind} session {event.session_id} "
+                        f"{t.tool_call.intent.label[:80]}",
+                        flush=True,
+                    )
+                if event.dropped_before:
+                    print(
+                        f"({event.dropped_before} events dropped: reading too slowly)",
+                        file=sys.stderr,
+                    )
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def pb_kind_name(kind: int) -> str:
+    return {1: "fork", 2: "exec", 3: "exit"}.get(kind, "?")
 
 
 def cmd_tool_calls(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import errno
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -206,6 +206,25 @@ class Client:
 
     def status(self) -> pb.NodeStatus:
         return self.call("GetNodeStatus", pb.GetNodeStatusRequest())
+
+    def process_tree(self, tool_call_id: str) -> pb.ProcessTree:
+        """Every process the tool call started, as the daemon's tracker saw them."""
+        return self.call("GetProcessTree", pb.GetProcessTreeRequest(tool_call_id=tool_call_id))
+
+    def watch(self, session_id: str = "") -> Iterator[pb.WatchEvent]:
+        """Process and tool-call events as they happen (blocks; cancel with close())."""
+        stream = self._stub.Watch(
+            pb.WatchRequest(session_id=session_id),
+            metadata=((TOKEN_METADATA_KEY, self._token),),
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return
+            raise from_rpc_error(e) from None
+        finally:
+            stream.cancel()
 
     def close(self) -> None:
         self._channel.close()
