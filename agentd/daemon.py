@@ -238,6 +238,7 @@ class Daemon:
             warmer.stop()
             groups.join(2.0)
             manager.remove_pending()
+            manager.save_trees(now=float("inf"))
             running = manager.tool_calls_running()
             store.close()
             log.info("daemon.stopped", tool_calls_left_running=running)
@@ -251,6 +252,7 @@ class Daemon:
             try:
                 manager.remove_pending()
                 manager.make_spares()
+                manager.save_trees()
             except Exception:
                 log.exception("daemon.group_worker_failed")
 

@@ -17,7 +17,7 @@ import secrets
 import signal
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
 import structlog
@@ -51,6 +51,11 @@ _SESSION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOOL_CALL_ID = re.compile(r"^tc-[0-9a-f]{12}$")
 LAUNCHER_NAME = "agentd-exec"
 RECENT_TOOL_CALLS = 1024
+#: Finished process trees kept in the store (the tracker keeps the newest in memory).
+STORED_TREES = 2000
+#: Wait this long after a tool call ends before saving its tree: the exits of the
+#: processes killed with it are still on their way from the kernel.
+TREE_SAVE_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class Manager:
         self._recent: OrderedDict[str, ToolCall] = OrderedDict()
         # Groups of ended tool calls, removed off the request path (see _finish).
         self._removals: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # Trees of ended tool calls, saved to the store once their last events are in.
+        self._tree_saves: deque[tuple[float, ToolCall]] = deque()
 
     # ---- sessions ---------------------------------------------------------------
 
@@ -435,6 +442,26 @@ class Manager:
             except CgroupError as e:
                 log.warning("tool_call.remove_failed", group=rel, error=str(e))
 
+    def save_trees(self, now: float | None = None) -> int:
+        """Store the trees of tool calls that ended more than the delay ago (called by a
+        background thread, so the request path never serializes a tree)."""
+        now = time.monotonic() if now is None else now
+        saved = 0
+        while self._tree_saves and self._tree_saves[0][0] <= now and self.tracker is not None:
+            _, tool_call = self._tree_saves.popleft()
+            snapshot = self.tracker.snapshot(tool_call.id)
+            if snapshot is None:
+                continue
+            self.store.save_process_tree(
+                tool_call.id,
+                tool_call.session_id,
+                tool_call.ended_at or time.time(),
+                snapshot,
+                keep=STORED_TREES,
+            )
+            saved += 1
+        return saved
+
     def spare_ids(self) -> set[str]:
         with self._lock:
             return {i for ids in self._spares.values() for i in ids}
@@ -460,6 +487,8 @@ class Manager:
         tool_call.ended_at = time.time()
         tool_call.exit = exit_status
         processes = self._track_end(tool_call, exit_status)
+        if processes is not None:
+            self._tree_saves.append((time.monotonic() + TREE_SAVE_DELAY_SECONDS, tool_call))
         tool_call.usage = replace(
             usage,
             wall_seconds=tool_call.ended_at - tool_call.started_at,
@@ -507,7 +536,7 @@ class Manager:
             tool_call = self._find_tool_call(caller, tool_call_id)
         if self.tracker is None:
             raise FailedPreconditionError("process tracking is off on this node")
-        snapshot = self.tracker.snapshot(tool_call.id)
+        snapshot = self.tracker.snapshot(tool_call.id) or self.store.process_tree(tool_call.id)
         if snapshot is None:
             raise FailedPreconditionError(
                 f"the process tree of {tool_call_id!r} is no longer kept (only the most "

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
 
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS tool_calls (
     usage TEXT,
     leftover_killed INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS process_trees (
+    tool_call_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    ended_at REAL NOT NULL,
+    tree TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS process_trees_age ON process_trees (ended_at);
 CREATE INDEX IF NOT EXISTS tool_calls_open ON tool_calls (ended_at) WHERE ended_at IS NULL;
 CREATE INDEX IF NOT EXISTS tool_calls_session ON tool_calls (session_id);
 """
@@ -116,6 +124,28 @@ class Store:
                     t.leftover_processes_killed,
                 ),
             )
+
+    def save_process_tree(
+        self, tool_call_id: str, session_id: str, ended_at: float, tree: dict[str, Any], keep: int
+    ) -> None:
+        """Keep a finished tool call's tree; only the `keep` most recent are kept."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO process_trees VALUES (?, ?, ?, ?)",
+                (tool_call_id, session_id, ended_at, json.dumps(tree)),
+            )
+            self._db.execute(
+                "DELETE FROM process_trees WHERE tool_call_id IN (SELECT tool_call_id FROM "
+                "process_trees ORDER BY ended_at DESC LIMIT -1 OFFSET ?)",
+                (keep,),
+            )
+
+    def process_tree(self, tool_call_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT tree FROM process_trees WHERE tool_call_id = ?", (tool_call_id,)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
 
     def open_sessions(self) -> Iterator[Session]:
         with self._lock:

@@ -112,3 +112,22 @@ def test_watch_streams_tool_call_and_process_events(agentd):
         root = tool_call_events[0].tool_call.launcher_pid
         assert any(p.kind == 3 and p.pid == root and p.exit_code == 3 for p in processes)
         assert all(e.tool_call_id == result.tool_call_id for e in events)
+
+
+def test_finished_trees_survive_a_restart(agentd):
+    with agentd.client() as client, client.session("kept") as session:
+        require_ebpf(client)
+        result = session.run(["/bin/sh", "-c", "/bin/true; /bin/true; exit 2"])
+        assert result.returncode == 2
+        before = client.process_tree(result.tool_call_id)
+    assert len(before.processes) == 3
+    time.sleep(2.0)  # the tree is stored a second after its tool call ended
+    agentd.stop()
+    agentd.start()
+    with agentd.client() as client:
+        after = client.process_tree(result.tool_call_id)
+    assert [(p.pid, p.ppid, list(p.argv)) for p in after.processes] == [
+        (p.pid, p.ppid, list(p.argv)) for p in before.processes
+    ]
+    root = next(p for p in after.processes if p.pid == before.processes[0].pid)
+    assert root.exit_code_known and root.exit_code == 2
