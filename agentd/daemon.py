@@ -233,12 +233,18 @@ class Daemon:
             self.notifier.stopping()
             service.stopping.set()
             server.stop()
-            if tracker is not None:
-                tracker.stop()
             warmer.stop()
             groups.join(2.0)
-            manager.remove_pending()
-            manager.save_trees(now=float("inf"))
+            # Each step on its own: one failing must not keep the others from running.
+            for step in (
+                manager.remove_pending,
+                lambda: manager.save_trees(now=float("inf")),  # needs the tracker alive
+                tracker.stop if tracker is not None else lambda: None,
+            ):
+                try:
+                    step()
+                except Exception:
+                    log.exception("daemon.shutdown_step_failed")
             running = manager.tool_calls_running()
             store.close()
             log.info("daemon.stopped", tool_calls_left_running=running)

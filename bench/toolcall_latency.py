@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from agentd.sdk.client import Client, Session, wait_for_socket
 from agentd.sdk.errors import AgentdError
@@ -94,6 +97,9 @@ class Comparison:
 @dataclass
 class Result:
     rounds: list[Comparison] = field(default_factory=list)
+    # CPU time the daemon spent per tool call, per round (ms): unlike latency, this
+    # hardly depends on what else the machine runs.
+    daemon_cpu_ms_per_call: list[float] = field(default_factory=list)
     overall: Comparison | None = None
     p50_diff_spread_ms: tuple[float, float] = (0.0, 0.0)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -282,14 +288,20 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
             measure_round(session, args.warmup, args.command)  # excluded: caches, imports
             all_toolcall: list[float] = []
             all_bare: list[float] = []
+            assert daemon.process is not None
+            daemon_process = psutil.Process(daemon.process.pid)
             for number in range(1, args.rounds + 1):
+                cpu_before = sum(daemon_process.cpu_times()[:2])
                 with gc_paused():
                     toolcall, bare = measure_round(session, args.runs, args.command)
+                cpu_ms = (sum(daemon_process.cpu_times()[:2]) - cpu_before) * 1e3 / args.runs
+                result.daemon_cpu_ms_per_call.append(cpu_ms)
                 comparison = Comparison.of(toolcall, bare)
                 result.rounds.append(comparison)
                 all_toolcall += toolcall
                 all_bare += bare
                 print_round(f"round {number}/{args.rounds}", comparison)
+                print(f"{'':<14} daemon CPU per tool call {cpu_ms:.2f} ms", flush=True)
             result.overall = Comparison.of(all_toolcall, all_bare)
             diffs = [r.p50_diff_ms for r in result.rounds]
             result.p50_diff_spread_ms = (min(diffs), max(diffs))
@@ -325,6 +337,11 @@ def print_summary(result: Result) -> None:
         f"p50 difference across {len(result.rounds)} rounds: {low:.2f} .. {high:.2f} ms "
         f"(ratio {min(r.p50_ratio for r in result.rounds):.2f}x .. "
         f"{max(r.p50_ratio for r in result.rounds):.2f}x)"
+    )
+    cpu = result.daemon_cpu_ms_per_call
+    print(
+        f"daemon CPU per tool call: {statistics.median(cpu):.2f} ms median "
+        f"({min(cpu):.2f} .. {max(cpu):.2f} across rounds)"
     )
     print(
         f"environment: {env['cpus']} CPUs, load {env['loadavg_at_start'][0]:.2f} -> "

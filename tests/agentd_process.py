@@ -93,9 +93,10 @@ class AgentdProcess:
     def cleanup(self) -> list[str]:
         """Stop the daemon and remove its whole cgroup root; returns what was left behind
         (group paths) so that a test can assert that nothing was."""
+        self.exit_status: int | None = None
         if self.running():
             with contextlib.suppress(Exception):
-                self.stop()
+                self.exit_status = self.stop()
         backend = choose_backend(detect_layout(), "auto", self.cgroup_root)
         leftovers: list[str] = []
         if backend.exists(""):

@@ -23,3 +23,6 @@ def agentd(request: pytest.FixtureRequest) -> Iterator[AgentdProcess]:
     yield daemon
     leftovers = daemon.cleanup()
     assert not leftovers, f"groups left behind: {leftovers}\n{daemon.logs()[-4000:]}"
+    # SIGTERM is a clean shutdown: exit 0, nothing logged as failed.
+    assert daemon.exit_status in (0, None), f"exit {daemon.exit_status}\n{daemon.logs()[-4000:]}"
+    assert "shutdown_step_failed" not in daemon.logs()
