@@ -22,7 +22,7 @@ def agentd(request: pytest.FixtureRequest) -> Iterator[AgentdProcess]:
     daemon.start()
     yield daemon
     leftovers = daemon.cleanup()
-    assert not leftovers, f"groups left behind: {leftovers}\n{daemon.logs()[-4000:]}"
+    assert not leftovers, f"{len(leftovers)} groups left behind: {leftovers[:5]}"
     # SIGTERM is a clean shutdown: exit 0, nothing logged as failed.
     assert daemon.exit_status in (0, None), f"exit {daemon.exit_status}\n{daemon.logs()[-4000:]}"
     assert "shutdown_step_failed" not in daemon.logs()
