@@ -66,6 +66,7 @@ class NodeConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     source: str  # auto | ebpf | netlink | procfs | off
+    process_usage: bool  # per-process CPU time and peak RSS in eBPF (host-wide cost)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     },
     "tracking": {
         "source": ("auto", _one_of(TRACKING_SOURCES)),
+        "process_usage": (True, _bool),
     },
     "defaults": {
         "session_memory": ("4G", _size(1)),

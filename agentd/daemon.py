@@ -81,7 +81,7 @@ def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, st
     return choose_backend(layout, cfg.cgroup.backend, cfg.cgroup.root), "configured name"
 
 
-def start_tracker(prefer: str) -> Tracker | None:
+def start_tracker(prefer: str, process_usage: bool = True) -> Tracker | None:
     """The process-event source: a failure is logged and the daemon runs without
     process trees rather than not at all (its cgroups still hold every process)."""
     if prefer == "off":
@@ -92,7 +92,7 @@ def start_tracker(prefer: str) -> Tracker | None:
             log.warning("tracking.tracefs_unavailable", error=error)
     started = time.monotonic()
     try:
-        tracker = Tracker.start(prefer=prefer)
+        tracker = Tracker.start(prefer=prefer, process_usage=process_usage)
     except Exception as e:
         log.error("tracking.unavailable", prefer=prefer, error=str(e))
         return None
@@ -189,7 +189,7 @@ class Daemon:
             cpus=node.cpus,
         )
         store = Store(cfg.daemon.state_dir)
-        tracker = start_tracker(cfg.tracking.source)
+        tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage)
         bus = EventBus()
         manager = Manager(backend, store, node, tracker=tracker, bus=bus)
         recovered = manager.recover()

@@ -9,8 +9,17 @@
 // User space seeds it with watch(pid, key); the fork program copies the parent's key to
 // the child before the child can run, so a process that lives for microseconds is still
 // attributed, even when its own events are lost. Only watched processes emit events.
+//
+// Resource figures live in the same map entry, so they need no map of their own (no
+// extra map-full case) and leave with it at exit: CPU time from sched_switch
+// (prev-side, timestamps), peak resident memory from kmem:rss_stat.
 
+#define CLONE_VM_FLAG 0x00000100ULL
 #define CLONE_THREAD_FLAG 0x00010000ULL
+
+// Values of the `threads` map: what task_newtask learnt about a clone.
+#define NEW_THREAD 1
+#define NEW_SHARED_MM 2  // CLONE_VM without CLONE_THREAD: vfork, posix_spawn
 
 #define EV_FORK 1
 #define EV_EXEC 2
@@ -20,6 +29,16 @@
 #define F_EXIT_CODE 1
 #define F_EXIT_SIGNAL 2
 #define F_TRUNCATED 4
+#define F_CPU 8         // exit: cpu_ns is valid
+#define F_RSS 16        // exit: peak_rss is valid
+#define F_SHARED_MM 256 // state only: runs in its parent's mm (vfork) until it executes
+
+// kmem:rss_stat `member` (print fmt of the tracepoint on 6.x): MM_FILEPAGES 0,
+// MM_ANONPAGES 1, MM_SWAPENTS 2, MM_SHMEMPAGES 3. Resident = file + anon + shmem.
+#define MM_FILEPAGES 0
+#define MM_ANONPAGES 1
+#define MM_SHMEMPAGES 3
+#define MM_MEMBERS 4
 
 #define C_RINGBUF_LOST 0
 #define C_MAP_FULL 1
@@ -41,10 +60,13 @@
 
 struct proc_state {
     u64 key;       // tool call key (user space maps it to a tool call id)
+    u64 cpu_ns;    // on-CPU time of all its threads while watched (+ seed from /proc)
+    s64 rss[MM_MEMBERS]; // last size in bytes per rss_stat member, of mm `mm_id`
+    s64 peak_rss;  // max of file + anon + shmem seen (or VmHWM seeded by watch())
     s32 exit_code; // from exit_group(2), valid with F_EXIT_CODE
     s32 signal;    // last fatal signal generated for it, valid with F_EXIT_SIGNAL
     u32 flags;
-    u32 pad;
+    u32 mm_id;     // rss_stat's hashed mm pointer the sizes belong to (0: not known yet)
 };
 
 // Fixed header of every event; `data` follows (exec: filename, args: NUL-separated argv).
@@ -58,6 +80,13 @@ struct event {
     s32 code;   // exit: exit code or signal number; args: argc
     u32 len;    // bytes of data that follow
     char comm[16];
+};
+
+// EXIT: the header (len = 16) and the process's figures.
+struct exit_event {
+    struct event h;
+    u64 cpu_ns;
+    s64 peak_rss;
 };
 
 struct exec_event {
@@ -78,6 +107,8 @@ BPF_HASH(procs, u32, struct proc_state, MAX_PROCS);
 // Children created with CLONE_THREAD, noted by task_newtask (which sees clone_flags)
 // for sched_process_fork (which does not). LRU: a failed clone cannot leak an entry.
 BPF_TABLE("lru_hash", u32, u8, threads, 4096);
+// Per CPU: when the task now on it was switched in (bpf_ktime_get_ns), for sched_switch.
+BPF_PERCPU_ARRAY(switch_in, u64, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_PERCPU_ARRAY(args_scratch, struct args_event, 1);
 
@@ -100,14 +131,15 @@ static __always_inline void fill(struct event *e, u32 type, u64 key, u32 pid) {
 }
 
 TRACEPOINT_PROBE(task, task_newtask) {
-    if (!(args->clone_flags & CLONE_THREAD_FLAG))
+    u64 flags = args->clone_flags;
+    if (!(flags & (CLONE_THREAD_FLAG | CLONE_VM_FLAG)))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!procs.lookup(&tgid))
         return 0;
     u32 tid = args->pid;
-    u8 one = 1;
-    threads.update(&tid, &one);
+    u8 kind = (flags & CLONE_THREAD_FLAG) ? NEW_THREAD : NEW_SHARED_MM;
+    threads.update(&tid, &kind);
     return 0;
 }
 
@@ -118,13 +150,20 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     if (!ps)
         return 0;
     u32 child = args->child_pid;
-    if (threads.lookup(&child)) {
-        threads.delete(&child);  // a thread: its process is already watched
-        return 0;
+    u8 *kind = threads.lookup(&child);
+    u32 child_flags = 0;
+    if (kind) {
+        u8 k = *kind;
+        threads.delete(&child);
+        if (k == NEW_THREAD)
+            return 0;  // a thread: its process is already watched
+        // vfork: its rss_stat events describe the parent's mm until it executes.
+        child_flags = F_SHARED_MM;
     }
     u64 key = ps->key;
     struct proc_state cs = {};
     cs.key = key;
+    cs.flags = child_flags;
     if (procs.update(&child, &cs) != 0)
         count(C_MAP_FULL);
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
@@ -204,6 +243,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     struct proc_state *ps = procs.lookup(&tgid);
     if (!ps)
         return 0;
+    // Its own mm from now on; rss_stat resets the sizes when it sees the new mm_id.
+    ps->flags &= ~F_SHARED_MM;
     struct exec_event *e = events.ringbuf_reserve(sizeof(struct exec_event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -261,6 +302,70 @@ TRACEPOINT_PROBE(signal, signal_deliver) {
     return 0;
 }
 
+#ifdef TRACK_USAGE
+// Defined by default (EbpfSource(usage=False) leaves it out): the two programs below run
+// on every context switch and every RSS counter change of the whole host.
+
+// CPU time, prev side: sched_switch runs in the context of `prev` (the task leaving the
+// CPU), so the current tgid is the one to charge, with the time since this CPU's last
+// switch. Chosen over sched_stat_runtime, which fires several times per switch and on
+// every clock_gettime(CLOCK_*_CPUTIME_ID) or /proc/<pid>/schedstat read (a loop reading
+// its own CPU clock fired it ~1M times in 1.3 s), sometimes from another CPU's context.
+// The switch-in stamp must be written for every task, so unwatched tasks cost a clock
+// read and a per-CPU store before the map lookup that drops them.
+// A raw tracepoint: it needs none of the arguments (only helpers), and skips the
+// formatted record a classic tracepoint builds on every one of the host's switches.
+RAW_TRACEPOINT_PROBE(sched_switch) {
+    u64 now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    u64 *since = switch_in.lookup(&zero);
+    if (!since)
+        return 0;
+    u64 start = *since;
+    *since = now;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_state *ps = procs.lookup(&tgid);
+    if (!ps || !start)
+        return 0;
+    // Threads of one process switch on several CPUs at once.
+    __sync_fetch_and_add(&ps->cpu_ns, now - start);
+    return 0;
+}
+
+// Peak RSS: rss_stat reports the absolute size of one counter of an mm each time it
+// changes. `curr` says the mm is the current task's, so the current tgid owns it; other
+// contexts (reclaim, exit_mmap after exit_mm, exec's argument copy) are skipped, and the
+// next event of the same member in the process's own context corrects its size.
+TRACEPOINT_PROBE(kmem, rss_stat) {
+    if (!args->curr)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_state *ps = procs.lookup(&tgid);
+    if (!ps || (ps->flags & F_SHARED_MM))
+        return 0;
+    u32 member = args->member;
+    if (member >= MM_MEMBERS)
+        return 0;
+    u32 mm_id = args->mm_id;
+    if (ps->mm_id != mm_id) {
+        // A new mm (exec): its counters start from zero. 0 = sizes seeded from /proc by
+        // watch() or a fresh child: keep them.
+        if (ps->mm_id != 0) {
+            ps->rss[0] = 0;
+            ps->rss[1] = 0;
+            ps->rss[2] = 0;
+            ps->rss[3] = 0;
+        }
+        ps->mm_id = mm_id;
+    }
+    ps->rss[member & (MM_MEMBERS - 1)] = args->size;
+    s64 resident = ps->rss[MM_FILEPAGES] + ps->rss[MM_ANONPAGES] + ps->rss[MM_SHMEMPAGES];
+    if (resident > ps->peak_rss)
+        ps->peak_rss = resident;
+    return 0;
+}
+#endif  // TRACK_USAGE
+
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     if (!args->group_dead)
         return 0;  // a thread, not the last one of its process
@@ -269,6 +374,21 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     if (!ps)
         return 0;
     u64 key = ps->key;
+    // The last thread's final slice: since its switch-in until now (what follows, the
+    // teardown after this tracepoint, is not counted: microseconds).
+    u64 cpu_ns = ps->cpu_ns;
+    s64 peak_rss = ps->peak_rss;
+    u32 usage_flags = 0;
+#ifdef TRACK_USAGE
+    u32 zero = 0;
+    u64 *since = switch_in.lookup(&zero);
+    if (since && *since) {
+        u64 now = bpf_ktime_get_ns();
+        if (now > *since)
+            cpu_ns += now - *since;
+    }
+    usage_flags = F_CPU | (peak_rss > 0 ? F_RSS : 0);
+#endif
     u32 flags = ps->flags & (F_EXIT_CODE | F_EXIT_SIGNAL);
     s32 code = 0;
     if (flags & F_EXIT_CODE) {
@@ -278,14 +398,17 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         code = ps->signal;
     }
     procs.delete(&tgid);
-    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
     if (!e) {
         count(C_RINGBUF_LOST);
         return 0;
     }
-    fill(e, EV_EXIT, key, tgid);
-    e->flags = flags;
-    e->code = code;
+    fill(&e->h, EV_EXIT, key, tgid);
+    e->h.flags = flags | usage_flags;
+    e->h.code = code;
+    e->h.len = sizeof(*e) - sizeof(e->h);
+    e->cpu_ns = cpu_ns;
+    e->peak_rss = peak_rss;
     events.ringbuf_submit(e, 0);
     count(C_EMITTED);
     return 0;

@@ -180,6 +180,9 @@ def process_tree_to_pb(snapshot: dict[str, Any]) -> pb.ProcessTree:
             signal=node["signal"] or 0,
             start_ns=node["start_ns"] or 0,
             seeded=bool(node["seeded"]),
+            usage_known=node.get("cpu_seconds") is not None,
+            cpu_seconds=node.get("cpu_seconds") or 0.0,
+            peak_rss_bytes=node.get("peak_rss_bytes") or 0,
         )
         if node["start_time"] is not None:
             info.start_time.CopyFrom(_timestamp(node["start_time"]))

@@ -657,6 +657,8 @@ def tree_dict(tree: Any) -> dict[str, Any]:
                 "start_time": _timestamp(p.start_time, p.HasField("start_time")),
                 "end_time": _timestamp(p.end_time, p.HasField("end_time")),
                 "seeded": p.seeded,
+                "cpu_seconds": p.cpu_seconds if p.usage_known else None,
+                "peak_rss_bytes": p.peak_rss_bytes if p.usage_known else None,
             }
             for p in tree.processes
         ],
@@ -688,7 +690,12 @@ def cmd_tree(args: argparse.Namespace) -> int:
         else:
             state = "exited"
         argv = " ".join(p["argv"]) if p["argv"] else (p["exe"] or "?")
-        print(f"{'  ' * depth}{p['pid']:>7}  {state:<18} {argv[:120]}")
+        usage = (
+            f"{p['cpu_seconds']:6.2f}s {human_size(p['peak_rss_bytes']):>6}"
+            if p["cpu_seconds"] is not None
+            else f"{'-':>7} {'-':>6}"
+        )
+        print(f"{'  ' * depth}{p['pid']:>7}  {state:<18} {usage}  {argv[:110]}")
         for child in children.get(p["pid"], []):
             show(child, depth + 1)
 

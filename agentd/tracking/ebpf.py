@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agentd.tracking.events import Kind, LossReport, ProcEvent
-from agentd.tracking.procinfo import read_argv
+from agentd.tracking.procinfo import read_argv, read_usage
 from agentd.tracking.source import Sink, SourceUnavailable
 
 EV_FORK, EV_EXEC, EV_EXIT, EV_ARGS = 1, 2, 3, 4
-F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED = 1, 2, 4
+F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED, F_CPU, F_RSS = 1, 2, 4, 8, 16
+_EXIT_FIGURES = struct.Struct("=Qq")  # struct exit_event after the header: cpu_ns, peak_rss
 COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted")
 TRACEFS = "/sys/kernel/tracing"
 _PENDING_ARGS_MAX = 4096
@@ -66,11 +68,17 @@ class EbpfSource:
     name = "ebpf"
     lossless = True
 
-    def __init__(self, ringbuf_pages: int = 2048, max_procs: int = 65536) -> None:
+    def __init__(
+        self, ringbuf_pages: int = 2048, max_procs: int = 65536, usage: bool = True
+    ) -> None:
         # 2048 pages = 8 MiB: ~150k fork/exit records or ~2k full argv records of slack
         # while the consumer thread is descheduled.
         self.ringbuf_pages = ringbuf_pages
         self.max_procs = max_procs
+        # CPU time and peak RSS per process: two programs on host-wide hot paths (every
+        # context switch, every RSS counter change); False leaves them out, and exits
+        # then carry None for both (docs/tracking.md has their cost).
+        self.usage = usage
         self.load_seconds = 0.0
         self._bpf: Any = None
         self._sink: Sink | None = None
@@ -95,6 +103,7 @@ class EbpfSource:
                 cflags=[
                     f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                     f"-DMAX_PROCS={self.max_procs}",
+                    *(["-DTRACK_USAGE"] if self.usage else []),
                     "-Wno-macro-redefined",
                 ],
             )
@@ -129,6 +138,16 @@ class EbpfSource:
         procs = self._bpf[b"procs"]
         leaf = procs.Leaf()
         leaf.key = key
+        # The kernel counts from now on; what the process used before (a launcher that
+        # already ran, a seeded process) comes from /proc, so the figures at exit cover
+        # its whole life. Sizes seeded here belong to its current mm (mm_id 0 = adopt).
+        usage = read_usage(pid) if self.usage else None
+        if usage is not None:
+            leaf.cpu_ns = usage.cpu_ns
+            leaf.peak_rss = usage.hwm_bytes
+            leaf.rss[0], leaf.rss[1], leaf.rss[2], leaf.rss[3] = (
+                usage.file_bytes, usage.anon_bytes, usage.swap_bytes, usage.shmem_bytes,
+            )  # fmt: skip
         procs[procs.Key(pid)] = leaf
 
     def unwatch(self, key: int) -> None:
@@ -184,10 +203,16 @@ class EbpfSource:
             )  # fmt: skip
         elif h.type == EV_EXIT:
             self._pending_args.pop(h.pid, None)
+            cpu_ns = peak_rss = None
+            if len(payload) >= _EXIT_FIGURES.size:
+                cpu, rss = _EXIT_FIGURES.unpack_from(payload)
+                cpu_ns = cpu if h.flags & F_CPU else None
+                peak_rss = rss if h.flags & F_RSS else None
             ev = ProcEvent(
                 Kind.EXIT, h.key, h.pid, h.ts, comm=comm,
                 exit_code=h.code if h.flags & F_EXIT_CODE else None,
                 signal=h.code if h.flags & F_EXIT_SIGNAL else None,
+                cpu_ns=cpu_ns, peak_rss_bytes=peak_rss,
             )  # fmt: skip
         else:
             return 0

@@ -31,6 +31,10 @@ class ProcEvent:
     argv_truncated: bool = False
     exit_code: int | None = None  # EXIT: None when unknown (see signal)
     signal: int | None = None  # EXIT: the signal that ended it, when known
+    # EXIT: CPU time of all its threads (user + system, ns) and its peak resident memory
+    # (file + anon + shmem, bytes); None when the source cannot know them.
+    cpu_ns: int | None = None
+    peak_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

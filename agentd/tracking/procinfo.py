@@ -75,6 +75,48 @@ def read_exe(pid: int) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a live process used so far, from /proc/<pid>/stat and status."""
+
+    cpu_ns: int  # utime + stime of all its threads, tick resolution
+    hwm_bytes: int  # VmHWM: peak resident memory of its current mm
+    anon_bytes: int
+    file_bytes: int
+    shmem_bytes: int
+    swap_bytes: int
+
+    @property
+    def rss_bytes(self) -> int:
+        return self.anon_bytes + self.file_bytes + self.shmem_bytes
+
+
+def read_usage(pid: int) -> Usage | None:
+    """CPU time and memory of a live process; None if it is gone (or a kernel thread,
+    whose status has no Vm lines). Two small reads: cheap enough for watch() and scans."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    kb: dict[bytes, int] = {}
+    for line in status.splitlines():
+        name, _, rest = line.partition(b":")
+        if name in (b"VmHWM", b"RssAnon", b"RssFile", b"RssShmem", b"VmSwap"):
+            kb[name] = int(rest.split()[0])
+    if b"VmHWM" not in kb:
+        return None
+    return Usage(
+        cpu_ns=ticks * TICK_NS, hwm_bytes=kb[b"VmHWM"] * 1024,
+        anon_bytes=kb.get(b"RssAnon", 0) * 1024, file_bytes=kb.get(b"RssFile", 0) * 1024,
+        shmem_bytes=kb.get(b"RssShmem", 0) * 1024, swap_bytes=kb.get(b"VmSwap", 0) * 1024,
+    )  # fmt: skip
+
+
 def same_start(a_ns: int, b_ns: int) -> bool:
     """Whether two start times (one possibly tick-rounded) name the same process.
 

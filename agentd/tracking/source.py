@@ -50,11 +50,13 @@ class SourceUnavailable(Exception):
     """A source cannot run here; the message says why."""
 
 
-def make_source(name: str) -> EventSource:
+def make_source(name: str, process_usage: bool = True) -> EventSource:
+    """`process_usage`: per-process CPU time and peak RSS (eBPF only; costs every
+    context switch and RSS change on the host ~150-250 ns, see docs/tracking.md)."""
     if name == "ebpf":
         from agentd.tracking.ebpf import EbpfSource
 
-        return EbpfSource()
+        return EbpfSource(usage=process_usage)
     if name == "netlink":
         from agentd.tracking.netlink import NetlinkSource
 
@@ -66,13 +68,15 @@ def make_source(name: str) -> EventSource:
     raise ValueError(f"unknown tracking source {name!r}; expected one of {SOURCE_NAMES}")
 
 
-def choose_source(sink: Sink, prefer: str = "auto") -> tuple[EventSource, str]:
+def choose_source(
+    sink: Sink, prefer: str = "auto", process_usage: bool = True
+) -> tuple[EventSource, str]:
     """Start the best source that works here; returns it and the reason for the choice.
 
     `prefer` names a source to use (no fallback: a misconfiguration should fail
     loudly) or "auto"."""
     if prefer != "auto":
-        source = make_source(prefer)
+        source = make_source(prefer, process_usage)
         source.start(sink)
         return source, f"{prefer}: configured"
     why_not: list[str] = []
@@ -81,7 +85,7 @@ def choose_source(sink: Sink, prefer: str = "auto") -> tuple[EventSource, str]:
             why_not.append(f"{name}: needs root")
             continue
         try:
-            source = make_source(name)
+            source = make_source(name, process_usage)
             source.start(sink)
         except Exception as e:
             # Anything a source raises while starting means "not here"; say what.

@@ -63,9 +63,9 @@ class Tracker:
         self.unattributed = 0  # events for keys we no longer know
 
     @classmethod
-    def start(cls, prefer: str = "auto", **kwargs: Any) -> Tracker:
+    def start(cls, prefer: str = "auto", process_usage: bool = True, **kwargs: Any) -> Tracker:
         tracker = cls(**kwargs)
-        tracker.source, tracker.reason = choose_source(tracker._on_event, prefer)
+        tracker.source, tracker.reason = choose_source(tracker._on_event, prefer, process_usage)
         return tracker
 
     def stop(self) -> None:

@@ -35,6 +35,8 @@ class ProcessNode:
     exit_code: int | None = None
     signal: int | None = None
     seeded: bool = False  # found by a /proc scan, not seen forking
+    cpu_ns: int | None = None  # from the EXIT event; None: unknown (netlink, procfs sources)
+    peak_rss_bytes: int | None = None
     fork_seen: bool = True  # False when created from an EXEC/EXIT of an unknown process
     children: list[ProcessNode] = field(default_factory=list)
 
@@ -60,6 +62,8 @@ class ProcessNode:
             "start_time": boot_to_wall(self.start_ns),
             "end_time": boot_to_wall(self.end_ns) if self.end_ns is not None else None,
             "seeded": self.seeded,
+            "cpu_seconds": self.cpu_ns / 1e9 if self.cpu_ns is not None else None,
+            "peak_rss_bytes": self.peak_rss_bytes,
         }
 
 
@@ -160,6 +164,10 @@ class ProcessTree:
                 # waiter already reported through set_root_exit().
                 if ev.exit_code is not None or ev.signal is not None:
                     node.exit_code, node.signal = ev.exit_code, ev.signal
+                if ev.cpu_ns is not None:
+                    node.cpu_ns = ev.cpu_ns
+                if ev.peak_rss_bytes is not None:
+                    node.peak_rss_bytes = ev.peak_rss_bytes
                 node.comm = ev.comm or node.comm
                 self.live.pop(ev.pid, None)
         return node

@@ -70,6 +70,9 @@ def test_tool_call_tree_from_the_kernel(agentd):
         assert x["argv"][:2] == ["setsid", "-f"] and x["ppid"] == process.pid
         assert z["signal"] == 9 or z["exit_code"] == 0
         assert all(n["end_time"] is not None for n in nodes)
+        # Per-process usage from the kernel: every /bin/true used a little CPU and memory.
+        assert all(n["cpu_seconds"] is not None and n["peak_rss_bytes"] for n in trues)
+        assert all(n["peak_rss_bytes"] < 64 << 20 for n in trues)
 
 
 def test_watch_streams_tool_call_and_process_events(agentd):

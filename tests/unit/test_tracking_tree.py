@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import struct
 
+from agentd.tracking.ebpf import EV_EXIT, F_CPU, F_EXIT_CODE, F_RSS, EbpfSource, _Header
 from agentd.tracking.events import Kind, ProcEvent
 from agentd.tracking.netlink import (
     _CN_MSG,
@@ -13,7 +16,7 @@ from agentd.tracking.netlink import (
     PROC_EVENT_FORK,
     NetlinkSource,
 )
-from agentd.tracking.procinfo import ProcStat
+from agentd.tracking.procinfo import ProcStat, read_usage
 from agentd.tracking.tree import ProcessTree
 
 K = 7
@@ -98,3 +101,43 @@ def test_netlink_decodes_and_counts_sequence_gaps() -> None:
     assert [e.kind for e in got] == [Kind.FORK, Kind.EXIT]  # thread 102 and pid 9 ignored
     assert (got[1].pid, got[1].exit_code, got[1].signal) == (101, None, 9)
     assert src.seq_gaps == 3 and src.loss().lost == 3
+
+
+def test_exit_figures_reach_the_node_and_its_dict() -> None:
+    tree = _tree()
+    tree.apply(ProcEvent(Kind.FORK, K, 101, 3_000, ppid=100))
+    tree.apply(ProcEvent(Kind.EXIT, K, 101, 5_000, exit_code=0, cpu_ns=250_000_000,
+                         peak_rss_bytes=3 << 20))  # fmt: skip
+    tree.apply(ProcEvent(Kind.EXIT, K, 100, 6_000, exit_code=0))  # a source without figures
+    (child,) = tree.find(101)
+    d = child.as_dict()
+    assert (d["cpu_seconds"], d["peak_rss_bytes"]) == (0.25, 3 << 20)
+    assert tree.root is not None
+    root = tree.root.as_dict()
+    assert (root["cpu_seconds"], root["peak_rss_bytes"]) == (None, None)
+
+
+def _exit_record(flags: int, cpu_ns: int, peak: int) -> ctypes.Array[ctypes.c_char]:
+    h = _Header(key=K, ts=9_000, type=EV_EXIT, pid=101, flags=flags, code=3, len=16, comm=b"x")
+    return ctypes.create_string_buffer(bytes(h) + struct.pack("=Qq", cpu_ns, peak))
+
+
+def test_ebpf_exit_record_decodes_cpu_and_peak_rss() -> None:
+    got: list[ProcEvent] = []
+    source = EbpfSource()
+    source._sink = got.append
+    for flags in (F_EXIT_CODE | F_CPU | F_RSS, F_EXIT_CODE | F_CPU, F_EXIT_CODE):
+        buf = _exit_record(flags, 1_500_000, 4096 * 300)
+        source._on_record(None, ctypes.addressof(buf), len(buf))
+    assert [(e.exit_code, e.cpu_ns, e.peak_rss_bytes) for e in got] == [
+        (3, 1_500_000, 4096 * 300),
+        (3, 1_500_000, None),  # no rss_stat event: unknown, not 0
+        (3, None, None),  # usage=False
+    ]
+
+
+def test_read_usage_of_this_process() -> None:
+    usage = read_usage(os.getpid())
+    assert usage is not None
+    assert usage.cpu_ns > 0 and usage.hwm_bytes >= usage.rss_bytes > 0
+    assert read_usage(2**22 + 1) is None  # above any pid_max: no such process
