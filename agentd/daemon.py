@@ -36,6 +36,7 @@ from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, add_arguments, load_config
 from agentd.events import Event, EventBus
+from agentd.executors import Executors
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
 from agentd.model import Resources
@@ -216,7 +217,8 @@ class Daemon:
             "capabilities": caps.summary(),
             "process_tracking": tracker.source_name if tracker else "off",
         }
-        service = AgentService(manager, tokens, lambda: node_info)
+        executors = Executors(manager, tracker)
+        service = AgentService(manager, tokens, lambda: node_info, executors)
         socket_path = str(cfg.daemon.socket)
         server = UnixServer(
             socket_path, cfg.daemon.socket_mode, cfg.daemon.socket_gid, service, tokens
@@ -234,6 +236,7 @@ class Daemon:
             service.stopping.set()
             server.stop()
             warmer.stop()
+            executors.stop()
             groups.join(2.0)
             # Each step on its own: one failing must not keep the others from running.
             for step in (

@@ -226,39 +226,101 @@ class Manager:
             session = self.get_session(caller, session_id)
             limits = self._tool_call_limits(session, intent)
             self._check_launcher(caller, pid)
-            spare = self._take_spare(session)
-            tool_call = ToolCall(
-                id=spare or _new_tool_call_id(),
-                session_id=session.id,
-                owner_uid=caller.uid,
-                intent=intent,
-                limits=limits,
-                started_at=time.time(),
-                launcher_pid=pid,
-            )
-            rel = tool_call.cgroup_rel
-            group_limits = self._group_limits(limits, intent.priority or session.priority)
-            try:
-                if spare:
-                    self.backend.set_limits(rel, group_limits)
-                else:
-                    self.backend.create(rel, group_limits)
-                self.backend.move(rel, pid)
-            except CgroupError as e:
-                with contextlib.suppress(CgroupError):
-                    self.backend.remove(rel)
-                if not os.path.exists(f"/proc/{pid}"):
-                    raise FailedPreconditionError(f"pid {pid} exited before it was placed") from e
-                raise UnavailableError(f"could not place pid {pid} in its cgroup: {e}") from e
-            # The count is not persisted per tool call (a write on the hot path); the
-            # store recounts it from the tool_calls table when the session is loaded.
-            session.tool_calls_total += 1
-            self.store.save_tool_call(tool_call)
-            self._tool_calls[tool_call.id] = tool_call
+            tool_call = self._place(session, caller.uid, intent, limits, pid)
             # Still before the launcher's go: the tracker sees every fork of the command.
             self._track_begin(tool_call, [pid])
         self._publish(tool_call, "tool_call_begun")
         log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
+        return tool_call
+
+    def validate_intent(self, caller: Caller, session_id: str, intent: Intent) -> None:
+        with self._lock:
+            self._tool_call_limits(self.get_session(caller, session_id), intent)
+
+    def adopt_child(
+        self, session_id: str, owner_uid: int, intent: Intent, pid: int, fork_ns: int
+    ) -> ToolCall | None:
+        """An executor's child becomes a tool call (no SDK): placed as soon as its fork
+        is seen. None if the session is gone or the child already exited."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            limits = self._tool_call_limits(session, intent)
+            try:
+                tool_call = self._place(session, owner_uid, intent, limits, pid)
+            except (FailedPreconditionError, UnavailableError) as e:
+                log.info("executor.child_not_placed", pid=pid, error=e.message)
+                return None
+            if self.tracker is not None:
+                try:
+                    self.tracker.adopt(tool_call.id, pid, fork_ns)
+                except Exception as e:
+                    log.warning("tracking.adopt_failed", tool_call=tool_call.id, error=str(e))
+        self._publish(tool_call, "tool_call_begun")
+        return tool_call
+
+    def adopt_escaped(self, root_pid: int, pid: int) -> bool:
+        """A process the adopted child `root_pid` forked before it was placed: move it
+        into the child's tool call too."""
+        with self._lock:
+            tool_call = next(
+                (t for t in self._tool_calls.values() if t.launcher_pid == root_pid), None
+            )
+            if tool_call is None:
+                return False
+            tool_call_id = tool_call.id
+            try:
+                self.backend.move(tool_call.cgroup_rel, pid)
+            except CgroupError:
+                return False  # already gone
+            if self.tracker is not None:
+                self.tracker.adopt_escaped(tool_call_id, pid)
+        return True
+
+    def end_adopted(self, tool_call_id: str, exit_code: int | None, signal: int | None) -> None:
+        """The root of an adopted tool call exited: nobody else will report its end."""
+        with self._lock:
+            tool_call = self._tool_calls.get(tool_call_id)
+            if tool_call is None:
+                return
+            known = exit_code is not None or signal is not None
+            status = ExitStatus(known=known, exit_code=exit_code or 0, signal=signal or 0)
+            self._finish(tool_call, status, kill=True)
+
+    def _place(
+        self, session: Session, owner_uid: int, intent: Intent, limits: Resources, pid: int
+    ) -> ToolCall:
+        """Create (or take a spare) group with the limits and move `pid` into it."""
+        spare = self._take_spare(session)
+        tool_call = ToolCall(
+            id=spare or _new_tool_call_id(),
+            session_id=session.id,
+            owner_uid=owner_uid,
+            intent=intent,
+            limits=limits,
+            started_at=time.time(),
+            launcher_pid=pid,
+        )
+        rel = tool_call.cgroup_rel
+        group_limits = self._group_limits(limits, intent.priority or session.priority)
+        try:
+            if spare:
+                self.backend.set_limits(rel, group_limits)
+            else:
+                self.backend.create(rel, group_limits)
+            self.backend.move(rel, pid)
+        except CgroupError as e:
+            with contextlib.suppress(CgroupError):
+                self.backend.remove(rel)
+            if not os.path.exists(f"/proc/{pid}"):
+                raise FailedPreconditionError(f"pid {pid} exited before it was placed") from e
+            raise UnavailableError(f"could not place pid {pid} in its cgroup: {e}") from e
+        # The count is not persisted per tool call (a write on the hot path); the
+        # store recounts it from the tool_calls table when the session is loaded.
+        session.tool_calls_total += 1
+        self.store.save_tool_call(tool_call)
+        self._tool_calls[tool_call.id] = tool_call
         return tool_call
 
     def end_tool_call(self, caller: Caller, tool_call_id: str, exit_status: ExitStatus) -> ToolCall:

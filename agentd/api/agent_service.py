@@ -19,6 +19,7 @@ from agentd.api.peercred import TokenRegistry
 from agentd.api.status import internal, to_status, unauthenticated
 from agentd.errors import AgentdError, InvalidArgumentError
 from agentd.events import Event
+from agentd.executors import Executors
 from agentd.manager import Caller, Manager
 from agentd.model import Session, ToolCall
 from agentd.v1 import agent_pb2 as pb
@@ -60,9 +61,14 @@ def rpc(method: Callable[..., Response]) -> Callable[..., Response]:
 
 class AgentService(pb_grpc.AgentServiceServicer):
     def __init__(
-        self, manager: Manager, tokens: TokenRegistry, node_info: Callable[[], dict[str, Any]]
+        self,
+        manager: Manager,
+        tokens: TokenRegistry,
+        node_info: Callable[[], dict[str, Any]],
+        executors: Executors,
     ) -> None:
         self.manager = manager
+        self.executors = executors
         self.tokens = tokens
         self.node_info = node_info
         self.started_at = time.time()
@@ -98,6 +104,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
     @rpc
     def CloseSession(self, caller: Caller, request: pb.CloseSessionRequest, context: Any):
         session, ended = self.manager.close_session(caller, _required(request.session_id))
+        self.executors.drop_session(session.id)
         return pb.CloseSessionResponse(
             session=self._session(session), ended_tool_calls=[self._tool_call(t) for t in ended]
         )
@@ -156,8 +163,18 @@ class AgentService(pb_grpc.AgentServiceServicer):
             sessions_open=len(visible),
             tool_calls_running=sum(self.manager.running_count(s.id) for s in visible),
             caller_uid=caller.uid,
-            process_tracking=info.get("process_tracking", "cgroup"),
+            process_tracking=info.get("process_tracking", "off"),
         )
+        stats = self.executors.stats
+        windows = sorted(stats.windows_ns)
+        status.executor_children_placed = stats.placed
+        status.executor_escapes = stats.escaped
+        status.executor_missed = stats.missed
+        if windows:
+            status.executor_window_p50_ms = windows[len(windows) // 2] / 1e6
+            status.executor_window_p99_ms = (
+                windows[min(len(windows) - 1, len(windows) * 99 // 100)] / 1e6
+            )
         status.started_at.FromNanoseconds(int(self.started_at * 1e9))
         return status
 
@@ -217,6 +234,26 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 pb.ToolCallEvent(kind=kind, tool_call=self._tool_call(tool_call))
             )
         return msg
+
+    @rpc
+    def RegisterExecutor(self, caller: Caller, request: pb.RegisterExecutorRequest, context: Any):
+        executor = self.executors.register(
+            caller,
+            _required(request.session_id),
+            request.pid,
+            convert.intent_from_pb(request.intent),
+        )
+        return pb.Executor(
+            pid=executor.pid, session_id=executor.session_id, owner_uid=executor.owner_uid
+        )
+
+    @rpc
+    def UnregisterExecutor(
+        self, caller: Caller, request: pb.UnregisterExecutorRequest, context: Any
+    ):
+        mine = {e.pid for e in self.executors.of_caller(caller)}
+        removed = request.pid in mine and self.executors.unregister(request.pid)
+        return pb.UnregisterExecutorResponse(removed=removed)
 
 
 def _required(value: str, field: str = "session_id") -> str:

@@ -207,6 +207,21 @@ class Client:
     def status(self) -> pb.NodeStatus:
         return self.call("GetNodeStatus", pb.GetNodeStatusRequest())
 
+    def register_executor(
+        self,
+        session_id: str,
+        pid: int,
+        *,
+        memory: str | int | None = None,
+        cpu: str | float | None = None,
+        pids: int | None = None,
+    ) -> pb.Executor:
+        """Without the SDK on the hot path: every child `pid` forks from now on becomes
+        a tool call of the session with these limits."""
+        intent = pb.Intent(resources=resources(memory, None, None, cpu, pids))
+        request = pb.RegisterExecutorRequest(session_id=session_id, pid=pid, intent=intent)
+        return self.call("RegisterExecutor", request)
+
     def process_tree(self, tool_call_id: str) -> pb.ProcessTree:
         """Every process the tool call started, as the daemon's tracker saw them."""
         return self.call("GetProcessTree", pb.GetProcessTreeRequest(tool_call_id=tool_call_id))

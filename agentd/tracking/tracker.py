@@ -15,10 +15,10 @@ import itertools
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from agentd.tracking.events import LossReport, ProcEvent
+from agentd.tracking.events import Kind, LossReport, ProcEvent
 from agentd.tracking.procinfo import descendants, read_argv, read_exe, read_stat
 from agentd.tracking.source import EventSource, choose_source
 from agentd.tracking.tree import DEFAULT_MAX_NODES, ProcessTree
@@ -41,6 +41,15 @@ class Subscription:
         self._tracker._unsubscribe(self)
 
 
+class ExecutorHandler(Protocol):
+    """What the daemon does with an executor's children; called on the source's thread,
+    so it must only hand the work over (a queue), never block."""
+
+    def child(self, pid: int, fork_ns: int) -> None: ...
+
+    def escaped(self, root_pid: int, pid: int) -> None: ...
+
+
 class Tracker:
     def __init__(
         self,
@@ -61,6 +70,11 @@ class Tracker:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
         self.unattributed = 0  # events for keys we no longer know
+        self._executors: dict[int, tuple[int, ExecutorHandler]] = {}
+        # An executor's child, or a process it forked before it was placed -> the child.
+        self._adopted: dict[int, int] = {}
+        # Called (tool_call_id, exit_code, signal) when an adopted tool call's root exits.
+        self._root_exit_handler: Callable[[str, int | None, int | None], None] | None = None
 
     @classmethod
     def start(cls, prefer: str = "auto", process_usage: bool = True, **kwargs: Any) -> Tracker:
@@ -187,16 +201,102 @@ class Tracker:
             if sub in self._subs:
                 self._subs.remove(sub)
 
+    # ---- executors: tool calls without the SDK ----------------------------------------
+
+    def watch_executor(self, pid: int, handler: ExecutorHandler) -> int:
+        """Report every child `pid` forks (handler.child) and every process such a child
+        forked before it was re-keyed (handler.escaped), so that each child can become a
+        tool call of its own. Returns the key; unwatch_executor(key) stops it."""
+        assert self.source is not None
+        with self._lock:
+            key = next(self._keys)
+            self._executors[key] = (pid, handler)
+        self.source.watch(pid, key)
+        return key
+
+    def unwatch_executor(self, key: int) -> None:
+        with self._lock:
+            self._executors.pop(key, None)
+        if self.source is not None:
+            self.source.unwatch(key)
+
+    def adopt(self, tool_call_id: str, pid: int, fork_ns: int) -> ProcessTree:
+        """Make an executor's child `pid` the root of tool call `tool_call_id`: its later
+        events (and its future children's) carry the tree's key."""
+        assert self.source is not None
+        with self._lock:
+            tree = self._new_tree(tool_call_id)
+            tree.adopted = True
+            st = read_stat(pid)
+            if st is not None:
+                tree.add_root(st, read_argv(pid), read_exe(pid))
+        self.source.watch(pid, tree.key)
+        return tree
+
+    def adopt_escaped(self, tool_call_id: str, pid: int) -> None:
+        """A process forked by an adopted child before the child was re-keyed."""
+        assert self.source is not None
+        with self._lock:
+            tree = self._by_id.get(tool_call_id)
+            if tree is None:
+                return
+            st = read_stat(pid)
+            if st is not None:
+                tree.seed(st, read_argv(pid), read_exe(pid))
+            key = tree.key
+        self.source.watch(pid, key)
+
+    def _executor_event(self, ev: ProcEvent) -> Callable[[], None] | None:
+        """What an event of an executor's key means; called with the lock held, returns
+        the handler call to make once the lock is released.
+
+        Runs before the daemon has placed the child, so a child's own forks (escapes)
+        are recognised by the child's pid, which is known from its fork on."""
+        pid, handler = self._executors[ev.key]
+        if ev.kind is Kind.EXIT:
+            self._adopted.pop(ev.pid, None)
+            return None
+        if ev.kind is not Kind.FORK:
+            return None
+        if ev.ppid == pid:
+            self._adopted[ev.pid] = ev.pid
+            return lambda: handler.child(ev.pid, ev.time_ns)
+        root = self._adopted.get(ev.ppid)
+        if root is not None:
+            self._adopted[ev.pid] = root
+            return lambda: handler.escaped(root, ev.pid)
+        return None
+
     def _on_event(self, ev: ProcEvent) -> None:
-        # Runs on the source's thread: O(1) work per event, never blocks.
+        # Runs on the source's thread: O(1) work per event, never blocks; a handler is
+        # called after the lock is released, and only hands work over.
+        call: Callable[[], None] | None = None
         with self._lock:
             tree = self._by_key.get(ev.key)
             if tree is None:
-                self.unattributed += 1
-                return
-            tree.apply(ev)
-            for sub in self._subs:
-                try:
-                    sub.queue.put_nowait((tree.tool_call_id, ev))
-                except queue.Full:
-                    sub.dropped += 1
+                if ev.key in self._executors:
+                    call = self._executor_event(ev)
+                else:
+                    self.unattributed += 1
+            else:
+                tree.apply(ev)
+                for sub in self._subs:
+                    try:
+                        sub.queue.put_nowait((tree.tool_call_id, ev))
+                    except queue.Full:
+                        sub.dropped += 1
+                if ev.kind is Kind.EXIT and self._adopted:
+                    self._adopted.pop(ev.pid, None)
+                root = tree.root
+                if (
+                    tree.adopted
+                    and ev.kind is Kind.EXIT
+                    and root is not None
+                    and ev.pid == root.pid
+                ):
+                    handler = self._root_exit_handler
+                    if handler is not None:
+                        tid, code, sig = tree.tool_call_id, ev.exit_code, ev.signal
+                        call = lambda: handler(tid, code, sig)  # noqa: E731
+        if call is not None:
+            call()

@@ -78,6 +78,9 @@ class ProcessTree:
         self.live: dict[int, ProcessNode] = {}
         self.root: ProcessNode | None = None
         self.dropped = 0  # processes not recorded because of max_nodes
+        # The root is an executor's child adopted as a tool call (no SDK waits for it):
+        # its exit ends the tool call.
+        self.adopted = False
         # Events about processes this tree never saw start: evidence of lost events
         # (or of processes started before tracking began).
         self.unmatched = 0

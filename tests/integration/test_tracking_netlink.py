@@ -97,10 +97,11 @@ def test_overflow_is_counted_not_silent() -> None:
             # A gap shows when the next message of the same CPU arrives: make some.
             for _ in range(20):
                 subprocess.run(["/bin/true"], check=True)
-            assert wait_until(lambda: source.seq_gaps > 0, timeout=10)
+            # ENOBUFS shows at once; a sequence gap only once the same CPU sends again.
+            assert wait_until(lambda: source.loss().lost > 0, timeout=10)
         loss = source.loss()
         print(f"4 KiB socket buffer: {len(seen)} events delivered, {loss}")
-        assert loss.detail["enobufs"] >= 1 and loss.detail["seq_gaps"] > 0
+        assert loss.lost > 0 and (loss.detail["enobufs"] >= 1 or loss.detail["seq_gaps"] > 0)
     finally:
         release.set()
         source.stop()
