@@ -367,8 +367,16 @@ TRACEPOINT_PROBE(kmem, rss_stat) {
 #endif  // TRACK_USAGE
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
+#ifdef HAVE_GROUP_DEAD
     if (!args->group_dead)
         return 0;  // a thread, not the last one of its process
+#else
+    // Kernels before group_dead (6.1): the leader's exit stands for the process's. A
+    // leader that calls pthread_exit() while other threads go on ends the process early.
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if ((u32)pid_tgid != (u32)(pid_tgid >> 32))
+        return 0;
+#endif
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct proc_state *ps = procs.lookup(&tgid);
     if (!ps)

@@ -104,6 +104,7 @@ class EbpfSource:
                     f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                     f"-DMAX_PROCS={self.max_procs}",
                     *(["-DTRACK_USAGE"] if self.usage else []),
+                    *(["-DHAVE_GROUP_DEAD"] if _exit_has_group_dead() else []),
                     "-Wno-macro-redefined",
                 ],
             )
@@ -219,3 +220,15 @@ class EbpfSource:
         assert self._sink is not None
         self._sink(ev)
         return 0
+
+
+def _exit_has_group_dead() -> bool:
+    """sched_process_exit gained `group_dead` (last thread of its process) after 6.1;
+    the BPF program falls back to the thread-group leader's exit without it."""
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            text = Path(base, "events/sched/sched_process_exit/format").read_text()
+        except OSError:
+            continue
+        return "group_dead" in text
+    return False
