@@ -42,3 +42,7 @@ class FailedPreconditionError(AgentdError):
 
 class UnavailableError(AgentdError):
     """The host cannot do it right now (e.g. cgroupfs unreachable)."""
+
+
+class ResourceExhaustedError(AgentdError):
+    """A per-caller or daemon-wide limit on what a request may hold was reached."""

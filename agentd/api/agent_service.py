@@ -17,7 +17,7 @@ from agentd import __version__
 from agentd.api import convert
 from agentd.api.peercred import TokenRegistry
 from agentd.api.status import internal, to_status, unauthenticated
-from agentd.errors import AgentdError, InvalidArgumentError
+from agentd.errors import AgentdError, InvalidArgumentError, ResourceExhaustedError
 from agentd.events import Event
 from agentd.executors import Executors
 from agentd.manager import Caller, Manager
@@ -26,6 +26,10 @@ from agentd.v1 import agent_pb2 as pb
 from agentd.v1 import agent_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("agentd.api")
+
+#: Event streams per uid and in total; each holds a server worker thread (server.py).
+MAX_WATCHES_PER_UID = 4
+MAX_WATCHES = 16
 
 Response = TypeVar("Response")
 
@@ -73,6 +77,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self.node_info = node_info
         self.started_at = time.time()
         self.stopping = threading.Event()  # ends Watch streams at shutdown
+        self._watch_lock = threading.Lock()
+        self._watches: dict[int, int] = {}  # uid -> open Watch streams
 
     def _session(self, s: Session) -> pb.Session:
         running = self.manager.running_count(s.id) if s.open else 0
@@ -197,6 +203,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         try:
             if session_id:
                 self.manager.get_session(caller, session_id)
+            self._count_watch(caller, +1)
         except AgentdError as e:
             context.abort_with_status(to_status(e))
 
@@ -215,6 +222,25 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 yield self._watch_event(event, dropped)
         finally:
             subscription.close()
+            self._count_watch(caller, -1)
+
+    def _count_watch(self, caller: Caller, delta: int) -> None:
+        """A Watch stream holds one of the server's worker threads for its whole life:
+        bounded per uid and in total, so watchers can never starve the unary calls."""
+        with self._watch_lock:
+            if delta > 0:
+                mine = self._watches.get(caller.uid, 0)
+                total = sum(self._watches.values())
+                if total >= MAX_WATCHES:
+                    raise ResourceExhaustedError(
+                        f"{total} event streams are open on this node (the limit)"
+                    )
+                if not caller.is_root and mine >= MAX_WATCHES_PER_UID:
+                    raise ResourceExhaustedError(
+                        f"uid {caller.uid} has {mine} event streams open (the limit): "
+                        "close one, or watch all your sessions with one stream"
+                    )
+            self._watches[caller.uid] = self._watches.get(caller.uid, 0) + delta
 
     def _watch_event(self, event: Event, dropped: int) -> pb.WatchEvent:
         msg = pb.WatchEvent(

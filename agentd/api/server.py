@@ -31,7 +31,8 @@ class UnixServer:
         gid: int,
         service: AgentService,
         tokens: TokenRegistry,
-        workers: int = 16,
+        # Watch streams may hold up to MAX_WATCHES of these; unary calls keep the rest.
+        workers: int = 32,
     ) -> None:
         self.socket_path = socket_path
         self.mode = mode

@@ -14,6 +14,7 @@ from agentd.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 
@@ -26,6 +27,7 @@ _CODES: list[tuple[type[AgentdError], int]] = [
     (AlreadyExistsError, code_pb2.ALREADY_EXISTS),
     (FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
     (UnavailableError, code_pb2.UNAVAILABLE),
+    (ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 

@@ -54,6 +54,10 @@ class FailedPrecondition(AgentdError):
     pass
 
 
+class ResourceExhausted(AgentdError):
+    """A limit on what the caller may hold at once (e.g. open event streams)."""
+
+
 class ToolCallTimeout(subprocess.TimeoutExpired, AgentdError):
     """The tool call ran past its timeout; every process of it was killed.
 
@@ -91,6 +95,7 @@ _BY_CODE: dict[grpc.StatusCode, type[AgentdError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

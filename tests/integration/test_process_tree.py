@@ -134,3 +134,35 @@ def test_finished_trees_survive_a_restart(agentd):
     ]
     root = next(p for p in after.processes if p.pid == before.processes[0].pid)
     assert root.exit_code_known and root.exit_code == 2
+
+
+def test_event_streams_are_bounded_and_never_starve_unary_calls(agentd):
+    import grpc
+
+    from agentd.api.agent_service import MAX_WATCHES
+    from agentd.credproto import TOKEN_METADATA_KEY
+
+    with agentd.client() as client:
+        metadata = ((TOKEN_METADATA_KEY, client._token),)
+        # A server-streaming call starts when it is made: each holds a stream slot.
+        streams = [
+            client._stub.Watch(pb.WatchRequest(), metadata=metadata) for _ in range(MAX_WATCHES)
+        ]
+        code = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            # Accepted streams run into the 1 s deadline; one over the limit is refused
+            # at once.
+            extra = client._stub.Watch(pb.WatchRequest(), timeout=1, metadata=metadata)
+            try:
+                next(extra)
+            except grpc.RpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert "limit" in e.details()
+                    break
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code
+        # The daemon still answers unary calls with every stream slot taken.
+        assert client.status().sessions_open == 0
+        for stream in streams:
+            stream.cancel()
