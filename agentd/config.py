@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.observability.address import split_listen
 from agentd.units import UnitError, parse_cpu, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/agentd/agentd.toml")
@@ -78,6 +79,12 @@ class DefaultsConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusConfig:
+    listen: str  # "HOST:PORT" of the metrics endpoint, "" = off
+    session_metrics: bool  # per-session series (one set per open session)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
@@ -85,6 +92,7 @@ class Config:
     tracking: TrackingConfig
     defaults: DefaultsConfig
     source: Path | None  # the file that was read, None when there was none
+    prometheus: PrometheusConfig = PrometheusConfig(listen="", session_metrics=True)
 
 
 # --- value parsers: each returns the typed value or raises ValueError(reason) ---
@@ -217,6 +225,13 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _listen(value: Any) -> str:
+    text = _string(value).strip()
+    if text:
+        split_listen(text)  # raises ValueError(reason)
+    return text
+
+
 # --- the schema: table -> key -> (default, parser) ---
 
 _Parser = Callable[[Any], Any]
@@ -248,6 +263,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "session_cpu": ("", _cpu),
         "session_pids": (4096, _pids),
         "tool_call_grace_seconds": (30, _seconds),
+    },
+    "prometheus": {
+        "listen": ("127.0.0.1:9464", _listen),
+        "session_metrics": (True, _bool),
     },
 }
 
@@ -336,6 +355,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
         source=source,
+        prometheus=PrometheusConfig(**values["prometheus"]),
     )
 
 

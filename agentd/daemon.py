@@ -40,6 +40,7 @@ from agentd.executors import Executors
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
 from agentd.model import Resources
+from agentd.observability.endpoint import MetricsEndpoint
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
@@ -131,6 +132,25 @@ def forward_process_events(
         )
 
 
+def start_metrics(
+    cfg: Config, manager: Manager, tracker: Tracker | None, bus: EventBus
+) -> MetricsEndpoint | None:
+    """The Prometheus endpoint, or None when off or its port is unusable: metrics are
+    worth a log line, not the node's tool calls."""
+    if not cfg.prometheus.listen:
+        return None
+    endpoint = MetricsEndpoint(
+        cfg.prometheus.listen, manager, tracker, bus, cfg.prometheus.session_metrics
+    )
+    try:
+        endpoint.start()
+    except OSError as e:
+        log.error("metrics.unavailable", listen=cfg.prometheus.listen, error=str(e))
+        endpoint.stop()
+        return None
+    return endpoint
+
+
 def node_limits(cfg: Config) -> NodeLimits:
     total = psutil.virtual_memory().total
     allocatable = max(total - cfg.node.reserved_memory, 0)
@@ -217,6 +237,7 @@ class Daemon:
             "capabilities": caps.summary(),
             "process_tracking": tracker.source_name if tracker else "off",
         }
+        metrics = start_metrics(cfg, manager, tracker, bus)
         executors = Executors(manager, tracker)
         service = AgentService(manager, tokens, lambda: node_info, executors)
         socket_path = str(cfg.daemon.socket)
@@ -237,6 +258,8 @@ class Daemon:
             server.stop()
             warmer.stop()
             executors.stop()
+            if metrics is not None:
+                metrics.stop()
             groups.join(2.0)
             # Each step on its own: one failing must not keep the others from running.
             for step in (

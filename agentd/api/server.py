@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from agentd.api.agent_service import AgentService
 from agentd.api.peercred import CredentialServer, TokenRegistry
 from agentd.credproto import cred_socket_path
+from agentd.observability.interceptor import ApiMetricsInterceptor
 from agentd.v1 import agent_pb2, agent_pb2_grpc
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -47,6 +48,7 @@ class UnixServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=[ApiMetricsInterceptor("unix")],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(service, self.server)
         self.health = health.HealthServicer()
