@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from agentd.cgroups.base import CgroupError
 from agentd.manager import Caller, Manager
+from agentd.model import Session
 from agentd.tracking import Tracker
 
 log = structlog.get_logger("agentd.metrics")
@@ -118,7 +119,9 @@ class NodeCollector(Collector):
         if self.session_metrics:
             yield from self._sessions(sessions)
 
-    def _sessions(self, sessions: list) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def _sessions(
+        self, sessions: list[Session]
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         memory = GaugeMetricFamily(
             "agentd_session_memory_bytes", "Memory charged to the session", labels=["session"]
         )
