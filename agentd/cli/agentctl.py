@@ -269,6 +269,10 @@ def build_parser() -> _Parser:
         "--interval", type=seconds_arg, default=1.0, metavar="SECONDS", help="refresh period"
     )
     p.set_defaults(handler=cmd_top)
+
+    from agentd.cli import certs
+
+    certs.add_parser(sub)
     return parser
 
 
