@@ -10,8 +10,9 @@ names as JSON keys, no tags) to <urlPrefix>/<verb>:
 came: Nodes or NodeNames), FailedNodes (node -> reason; preemption might help: the
 node lacks room now), FailedAndUnresolvableNodes (no agentd reachable there:
 preemption cannot help) and Error (the pod's own annotations are invalid).
-/prioritize answers HostPriorityList [{"Host", "Score"}], agentd's 0..100 scaled to
-0..max_priority (kube-scheduler's MaxExtenderPriority, 10).
+/prioritize answers HostPriorityList [{"Host", "Score"}]: agentd's 0..100 scaled to
+1..max_priority (kube-scheduler's MaxExtenderPriority, 10) relative to the best
+candidate (see `scaled`); 0 for nodes that are infeasible or did not answer.
 
 Run: `agentd-scheduler-extender --config FILE` or `python -m agentd.k8s.extender`.
 """
@@ -64,6 +65,23 @@ def _candidate_nodes(args: dict[str, Any]) -> tuple[dict[str, dict[str, Any] | N
             raise BadRequest("every Nodes.items[] needs metadata.name")
         nodes[name] = item
     return nodes, False
+
+
+def scaled(score: float | None, feasible: dict[str, float], top: int) -> int:
+    """agentd's 0..100 score as 0..top, relative to the best candidate of this pod.
+
+    Relative, as kube-scheduler normalizes its own plugins' scores: only the order
+    among the candidates decides, and absolute scores can all be small (agentd
+    divides by the node's CPU stall share, so on a busy cluster every node scores
+    low) where rounding to 0..10 would erase the order. A feasible node gets at least
+    1, an infeasible or silent one 0.
+    """
+    if score is None:
+        return 0
+    best = max(feasible.values(), default=0.0)
+    if best <= 0.0:
+        return 1
+    return max(1, round(top * score / best))
 
 
 class Extender:
@@ -123,15 +141,15 @@ class Extender:
 
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         answers, nodes, _ = self._answers(args)
-        top = self.cfg.max_priority
-        out = []
-        for name in nodes:
-            score = answers[name].score
-            value = 0
-            if score is not None and score.feasible:
-                value = round(min(max(score.score, 0.0), 100.0) / 100.0 * top)
-            out.append({"Host": name, "Score": value})
-        return out
+        feasible = {
+            name: min(max(a.score.score, 0.0), 100.0)
+            for name, a in answers.items()
+            if a.score is not None and a.score.feasible
+        }
+        return [
+            {"Host": name, "Score": scaled(feasible.get(name), feasible, self.cfg.max_priority)}
+            for name in nodes
+        ]
 
 
 class _Handler(BaseHTTPRequestHandler):

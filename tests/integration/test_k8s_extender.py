@@ -8,13 +8,9 @@ own. The extender against real agentd daemons is test_k8s_extender_live.py.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -26,18 +22,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from tls_certs import Cert, issue, make_ca
+from k8s_support import fixture, post, running_extender
 
-from agentd.k8s.config import parse_extender_config
-from agentd.k8s.extender import Extender, serve
+from agentd.certs import init_directory
 from agentd.v1 import node_pb2, node_pb2_grpc
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "k8s"
 MiB = 1 << 20
-
-
-def fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
 
 
 @dataclass
@@ -67,6 +57,12 @@ class StandInNode(node_pb2_grpc.NodeServiceServicer):
         return node_pb2.ScorePlacementResponse(scores=scores)
 
 
+@dataclass(frozen=True)
+class Cert:
+    cert: Path
+    key: Path
+
+
 @dataclass
 class Pki:
     ca: Cert
@@ -77,14 +73,19 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Made by agentd.certs (the code behind `agentctl certs init`)."""
     d = tmp_path_factory.mktemp("pki")
-    ca = make_ca(d, "ca")
-    other = make_ca(d, "other-ca")
+    init_directory(d / "ours", ["agentd-node"], [("scheduler", "extender")])
+    init_directory(d / "other", ["agentd-node"], [("scheduler", "intruder")])
+
+    def pair(directory: Path, name: str) -> Cert:
+        return Cert(directory / f"{name}.pem", directory / f"{name}.key")
+
     return Pki(
-        ca=ca,
-        server=issue(ca, d, "agentd-node", sans=("DNS:localhost", "IP:127.0.0.1")),
-        scheduler=issue(ca, d, "extender", ou="scheduler"),
-        foreign_scheduler=issue(other, d, "intruder", ou="scheduler"),
+        ca=pair(d / "ours", "ca"),
+        server=pair(d / "ours", "server"),
+        scheduler=pair(d / "ours", "client-extender"),
+        foreign_scheduler=pair(d / "other", "client-intruder"),
     )
 
 
@@ -119,54 +120,23 @@ class Cluster:
         self.pki = pki
         self.timeout = timeout
 
-    @contextlib.contextmanager
     def extender(
         self, client: Cert | None = None, extra_nodes: dict[str, str] | None = None
-    ) -> Iterator[Any]:
+    ) -> Any:
         """The extender's HTTP server, serving until the block ends."""
         client = client or self.pki.scheduler
-        cfg = parse_extender_config(
-            {
-                "listen": "127.0.0.1:0",
-                "timeout_seconds": self.timeout,
-                "tls": {
-                    "ca": str(self.pki.ca.cert),
-                    "cert": str(client.cert),
-                    "key": str(client.key),
-                    "server_name": "localhost",
-                },
-                "nodes": {**self.endpoints, **(extra_nodes or {})},
-            },
-            Path("/"),
-            "test",
+        return running_extender(
+            self.pki.ca.cert,
+            client.cert,
+            client.key,
+            {**self.endpoints, **(extra_nodes or {})},
+            server_name="localhost",
+            timeout=self.timeout,
         )
-        extender = Extender(cfg)
-        http = serve(extender, cfg.listen)
-        try:
-            yield http
-        finally:
-            http.shutdown()
-            extender.scorer.close()
 
     def stop(self) -> None:
         for server in self.servers:
             server.stop(0)
-
-
-def post(http: Any, verb: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    host, port = http.server_address[:2]
-    request = urllib.request.Request(
-        f"http://{host}:{port}/{verb}",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.fixture
@@ -227,8 +197,9 @@ def test_prioritize_scales_agentd_scores_to_max_extender_priority(pki: Pki) -> N
     scores = {p["Host"]: p["Score"] for p in result}
     assert list(scores) == ["node-a", "node-b", "node-c"]
     assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
-    assert scores["node-a"] == round(10 * (8192 - 512) / 8192)
-    assert scores["node-b"] == 5
+    # Relative to the best candidate: node-a's 93.75 is 10, node-b's 50 is 5.
+    assert scores["node-a"] == 10
+    assert scores["node-b"] == round(10 * 50 / (100 * (8192 - 512) / 8192))
     assert scores["node-c"] == 0  # infeasible
 
 

@@ -93,3 +93,14 @@ def test_tool_call_scope_has_no_session_budget() -> None:
         {"metadata": {"annotations": {"agentd.io/scope": "tool-call", "agentd.io/memory": "1Gi"}}}
     )
     assert not intent.candidate("x").HasField("session_budget")
+
+
+def test_scores_are_scaled_relative_to_the_best_feasible_node() -> None:
+    from agentd.k8s.extender import scaled
+
+    feasible = {"a": 4.0, "b": 2.0, "c": 0.1}
+    # Small absolute scores (a stalled cluster) keep their order.
+    assert [scaled(feasible[n], feasible, 10) for n in "abc"] == [10, 5, 1]
+    assert scaled(None, feasible, 10) == 0
+    assert scaled(0.0, {"a": 0.0}, 10) == 1  # feasible but scored 0: still above infeasible
+    assert scaled(50.0, {"a": 100.0, "b": 50.0}, 100) == 50
