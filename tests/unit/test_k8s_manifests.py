@@ -70,8 +70,14 @@ def test_configmap_agentd_toml_loads_with_agentds_own_loader(tmp_path: Path) -> 
     assert cfg.daemon.state_dir == Path("/var/lib/agentd")
     assert cfg.prometheus.listen == "0.0.0.0:9464"
     ds = find("DaemonSet", "agentd")
-    ports = {p["name"]: p for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p for p in container["ports"]}
     assert ports["metrics"]["containerPort"] == int(cfg.prometheus.listen.rsplit(":", 1)[1])
+    assert ports["node-api"]["containerPort"] == int(cfg.api.tcp_listen.rsplit(":", 1)[1])
+    # The TLS files are where the Secret is mounted.
+    (tls_mount,) = [m for m in container["volumeMounts"] if m["name"] == "node-tls"]
+    for path in (cfg.api.tls_cert, cfg.api.tls_key, cfg.api.tls_client_ca):
+        assert path is not None and path.parent == Path(tls_mount["mountPath"])
 
 
 def test_extender_config_parses_and_matches_the_scheduler_profile(tmp_path: Path) -> None:
