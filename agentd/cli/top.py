@@ -1,7 +1,10 @@
 """`agentctl top`: a live view of sessions and tool calls, refreshed in place.
 
-Built on the AgentService calls any local user may make (GetNodeStatus,
-ListSessions, ListToolCalls): it shows what the caller may see (root: everything).
+Built on NodeService.GetNodeState over the local socket (one consistent read:
+sessions with their own usage and frozen/throttled state, their tool calls, node
+capacity, allocation and pressure), falling back to the AgentService listings
+(ListSessions, ListToolCalls) on a daemon without NodeService. Either way it shows
+what the caller may see (root: everything).
 CPU% is the rate between two refreshes (100% = one core); the first frame, and
 `--once`, show each tool call's average since it started instead, marked "avg".
 Plain ANSI redraw (home + clear) rather than curses: it degrades to plain text when
@@ -44,16 +47,12 @@ class Snapshot:
     status: dict[str, Any]
     sessions: list[dict[str, Any]]
     tool_calls: list[dict[str, Any]]
+    node: dict[str, Any] | None = None  # from NodeService.GetNodeState, when served
 
 
-def take_snapshot(client: Any) -> Snapshot:
-    from agentd.v1 import agent_pb2 as pb
-
+def _status(client: Any) -> dict[str, Any]:
     st = client.status()
-    sessions = [session_dict(s) for s in client.sessions()]
-    request = pb.ListToolCallsRequest(include_ended=False)
-    tool_calls = [tool_call_dict(t) for t in client.call("ListToolCalls", request).tool_calls]
-    status = {
+    return {
         "version": st.version,
         "sessions_open": st.sessions_open,
         "tool_calls_running": st.tool_calls_running,
@@ -61,7 +60,89 @@ def take_snapshot(client: Any) -> Snapshot:
         "cgroup_mode": st.cgroup_mode,
         "caller_uid": st.caller_uid,
     }
-    return Snapshot(time.monotonic(), time.time(), status, sessions, tool_calls)
+
+
+class NodeStateReader:
+    """NodeService.GetNodeState over the local socket, as the calling uid: one
+    consistent read of sessions (with their own cgroup usage, frozen, throttled),
+    their tool calls, and node capacity, allocation, usage and pressure. A daemon
+    without NodeService answers UNIMPLEMENTED: then `read` returns None for good and
+    top uses the AgentService listings."""
+
+    def __init__(self, socket_path: str) -> None:
+        from agentd.sdk.node import LocalNodeClient
+
+        self.client: Any = LocalNodeClient(socket_path)
+
+    def read(self) -> Any:
+        import grpc
+
+        from agentd.sdk.errors import from_rpc_error
+        from agentd.v1 import node_pb2
+
+        if self.client is None:
+            return None
+        request = node_pb2.GetNodeStateRequest(include_tool_calls=True)
+        try:
+            return self.client.call("GetNodeState", request).state
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                self.close()
+                return None
+            raise from_rpc_error(e) from None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _pressure(p: Any) -> dict[str, float]:
+    return {"some_avg10": p.some_avg10, "full_avg10": p.full_avg10}
+
+
+def take_snapshot(client: Any, reader: NodeStateReader | None = None) -> Snapshot:
+    from agentd.v1 import agent_pb2 as pb
+
+    status = _status(client)
+    state = reader.read() if reader is not None else None
+    if state is None:
+        sessions = [session_dict(s) for s in client.sessions()]
+        request = pb.ListToolCallsRequest(include_ended=False)
+        calls = client.call("ListToolCalls", request).tool_calls
+        return Snapshot(
+            time.monotonic(), time.time(), status, sessions, [tool_call_dict(t) for t in calls]
+        )
+    sessions, tool_calls = [], []
+    for view in state.sessions:
+        s = session_dict(view.session)
+        s["state"] = "frozen" if view.frozen else "throttled" if view.throttled else "open"
+        if view.HasField("usage"):
+            s["usage"] = {
+                "memory_bytes": view.usage.memory_bytes,
+                "cpu_seconds": view.usage.cpu_user_seconds + view.usage.cpu_system_seconds,
+                "processes_running": view.usage.processes_running,
+            }
+        sessions.append(s)
+        for t in view.tool_calls:
+            tool_call = tool_call_dict(t)
+            if view.frozen:
+                tool_call["state"] = "frozen"
+            tool_calls.append(tool_call)
+    node = {
+        "name": state.node_name,
+        "memory_capacity_bytes": state.capacity.memory_bytes,
+        "cpus": state.capacity.cpus,
+        "memory_allocated_bytes": int(state.allocated.memory_max or 0),
+        "memory_used_bytes": state.usage.memory_bytes,
+        "cpu_used_cores": state.usage.cpu_cores,
+        "pressure": {
+            "cpu": _pressure(state.cpu_pressure),
+            "memory": _pressure(state.memory_pressure),
+            "io": _pressure(state.io_pressure),
+        },
+    }
+    return Snapshot(time.monotonic(), time.time(), status, sessions, tool_calls, node)
 
 
 def _cpu_seconds(t: dict[str, Any]) -> float:
@@ -85,20 +166,35 @@ def with_cpu_rates(current: Snapshot, previous: Snapshot | None) -> Snapshot:
     by_session: dict[str, list[dict[str, Any]]] = {}
     for t in current.tool_calls:
         by_session.setdefault(t["session_id"], []).append(t)
+    sessions_before = {
+        s["id"]: s["usage"]["cpu_seconds"] for s in (previous.sessions if previous else [])
+        if "usage" in s
+    }  # fmt: skip
     for s in current.sessions:
         mine = by_session.get(s["id"], [])
         for t in mine:  # a tool call without a class of its own runs in its session's
             t["priority"] = t["priority"] or s["priority"]
-        s["memory_bytes"] = sum(t["usage"]["memory_bytes"] for t in mine)
-        s["processes"] = sum(t["usage"]["processes_running"] for t in mine)
-        s["cpu_percent"] = sum(t["cpu_percent"] for t in mine)
+        own = s.get("usage")
+        if own is None:  # AgentService listings: the session is the sum of its tool calls
+            s["memory_bytes"] = sum(t["usage"]["memory_bytes"] for t in mine)
+            s["processes"] = sum(t["usage"]["processes_running"] for t in mine)
+            s["cpu_percent"] = sum(t["cpu_percent"] for t in mine)
+            continue
+        s["memory_bytes"] = own["memory_bytes"]
+        s["processes"] = own["processes_running"]
+        if s["id"] in sessions_before and interval > 0:
+            used = max(own["cpu_seconds"] - sessions_before[s["id"]], 0.0)
+            s["cpu_percent"] = 100.0 * used / interval
+        else:
+            s["cpu_percent"] = sum(t["cpu_percent"] for t in mine)
     return current
 
 
 def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
     return {
         "time": snap.now,
-        "node": snap.status,
+        "daemon": snap.status,
+        "node": snap.node,
         "sessions": snap.sessions,
         "tool_calls": snap.tool_calls,
     }
@@ -114,13 +210,23 @@ def render(snap: Snapshot, socket_path: str, width: int, bold: bool) -> str:
         f"cgroup {st['cgroup_mode']}, tracking {st['process_tracking'] or 'off'}",
         f"{_count(st['sessions_open'], 'session')}{seen}, "
         f"{_count(st['tool_calls_running'], 'tool call')} running",
-        "",
     ]
+    if snap.node is not None:
+        n = snap.node
+        psi = "  ".join(f"{r} {p['some_avg10']:.0f}%" for r, p in n["pressure"].items())
+        lines.append(
+            f"node {n['name']}: memory {human_size(n['memory_used_bytes'])} used, "
+            f"{human_size(n['memory_allocated_bytes'])} allocated of "
+            f"{human_size(n['memory_capacity_bytes'])}; cpu {n['cpu_used_cores']:.2f} of "
+            f"{n['cpus']:g} cores; stall (some, 10s) {psi}"
+        )
+    lines.append("")
     sessions = sorted(snap.sessions, key=lambda s: (-s["memory_bytes"], s["id"]))
     if sessions:
         rows = [
             [
                 s["id"],
+                s.get("state", "open"),
                 str(s["owner_uid"]),
                 s["priority"] or "-",
                 str(s["running_tool_calls"]),
@@ -132,7 +238,8 @@ def render(snap: Snapshot, socket_path: str, width: int, bold: bool) -> str:
             ]
             for s in sessions
         ]
-        headers = ["SESSION", "UID", "PRIORITY", "RUNNING", "MEM", "BUDGET", "CPU%", "PIDS", "AGE"]
+        headers = ["SESSION", "STATE", "UID", "PRIORITY", "RUNNING", "MEM", "BUDGET", "CPU%"]
+        headers += ["PIDS", "AGE"]
         lines += _clip(table(headers, rows), width, on, off)
     else:
         lines.append("no open sessions")
@@ -178,11 +285,12 @@ def cmd_top(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
     previous: Snapshot | None = None
     with _daemon_errors(args.socket), connect(args.socket) as client:
+        reader = NodeStateReader(args.socket)
         if tty and not args.once:
             sys.stdout.write(HIDE_CURSOR)
         try:
             while True:
-                snap = with_cpu_rates(take_snapshot(client), previous)
+                snap = with_cpu_rates(take_snapshot(client, reader), previous)
                 previous = snap
                 if args.json:
                     text = json.dumps(snapshot_dict(snap), indent=None if not args.once else 2)
@@ -198,6 +306,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
         finally:
+            reader.close()
             if tty and not args.once:
                 sys.stdout.write(SHOW_CURSOR)
                 sys.stdout.flush()

@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from agentd.sdk.node import LocalNodeClient
+from agentd.v1 import node_pb2
+
 AGENTCTL = str(Path(sys.executable).parent / "agentctl")
 PY = sys.executable
 HOLD_48M = "import time; x = bytearray(48 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(60)"
@@ -51,9 +54,14 @@ def test_top_once_shows_sessions_and_tool_calls(agentd) -> None:
             done = top(agentd.socket, "--once", "--json")
             assert done.returncode == 0, done.stderr
             snap = json.loads(done.stdout)
-            assert snap["node"]["sessions_open"] == 2
-            assert snap["node"]["tool_calls_running"] == 2
+            assert snap["daemon"]["sessions_open"] == 2
+            assert snap["daemon"]["tool_calls_running"] == 2
+            # From NodeService.GetNodeState: node figures and each session's own usage.
+            assert snap["node"]["cpus"] > 0
+            assert snap["node"]["memory_allocated_bytes"] == (1 << 30) + (512 << 20)
+            assert snap["node"]["memory_used_bytes"] >= 48 << 20
             sessions = {s["id"]: s for s in snap["sessions"]}
+            assert sessions["top-a"]["state"] == "open"
             assert sessions["top-a"]["priority"] == "interactive"
             assert sessions["top-b"]["priority"] == "batch"
             assert sessions["top-a"]["memory_bytes"] >= 48 << 20
@@ -75,9 +83,28 @@ def test_top_once_shows_sessions_and_tool_calls(agentd) -> None:
             header = next(line for line in lines if line.startswith("TOOL CALL"))
             for column in ("MEM", "PEAK", "CPU%", "PIDS", "STATE", "PRIORITY", "AGE"):
                 assert column in header
+            assert lines[2].startswith("node ") and "allocated" in lines[2]
             row = next(line for line in lines if line.startswith(holder.tool_call_id))
             assert "top-a" in row and "running" in row and "interactive" in row
             assert "\x1b[" not in text.stdout  # no escapes when not a terminal
+
+            # A session frozen through NodeService shows as frozen, its tool call too.
+            node = LocalNodeClient(agentd.socket)
+            target = node_pb2.Target(session_id="top-b")
+            node.call("Freeze", node_pb2.FreezeRequest(target=target))
+            try:
+                frozen = json.loads(top(agentd.socket, "--once", "--json").stdout)
+            finally:
+                # NodeService keeps changes of one target at least 2 s apart; a frozen
+                # session's processes cannot die, so it is thawed before anything else.
+                time.sleep(2.1)
+                node.call("Resume", node_pb2.ResumeRequest(target=target))
+                node.close()
+            states = {s["id"]: s["state"] for s in frozen["sessions"]}
+            assert states == {"top-a": "open", "top-b": "frozen"}
+            calls = {t["id"]: t["state"] for t in frozen["tool_calls"]}
+            assert calls[busy.tool_call_id] == "frozen"
+            assert calls[holder.tool_call_id] == "running"
         finally:
             holder.kill()
             busy.kill()
