@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.observability.address import split_listen
 from agentd.units import UnitError, parse_cpu, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/agentd/agentd.toml")
@@ -78,13 +79,36 @@ class DefaultsConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusConfig:
+    listen: str  # "HOST:PORT" of the metrics endpoint, "" = off
+    session_metrics: bool  # per-session series (one set per open session)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """NodeService: its TCP listener (mutual TLS), rate limits and audit log."""
+
+    tcp_listen: str  # "host:port"; "" = no TCP listener (unix socket only)
+    tls_cert: Path | None  # the server's certificate and key (PEM)
+    tls_key: Path | None
+    tls_client_ca: Path | None  # CA that client certificates must chain to
+    rate_limit: float  # requests/s per caller (token bucket); 0 = unlimited
+    rate_burst: int  # bucket size
+    max_watchers: int  # WatchNodeEvents streams over TCP
+    audit_log: Path | None  # None = <state_dir>/audit.log
+    event_history: int  # events kept for WatchNodeEvents clients that resume
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
     node: NodeConfig
     tracking: TrackingConfig
     defaults: DefaultsConfig
+    api: ApiConfig
     source: Path | None  # the file that was read, None when there was none
+    prometheus: PrometheusConfig = PrometheusConfig(listen="", session_metrics=True)
 
 
 # --- value parsers: each returns the typed value or raises ValueError(reason) ---
@@ -217,6 +241,41 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _listen(value: Any) -> str:
+    text = _string(value).strip()
+    if text:
+        split_listen(text)  # raises ValueError(reason)
+    return text
+
+
+def _optional_path(value: Any) -> Path | None:
+    return None if _string(value) == "" else _absolute_path(value)
+
+
+def _listen_address(value: Any) -> str:
+    text = _string(value).strip()
+    if text == "":
+        return ""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", text)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError('must be "host:port" (e.g. "0.0.0.0:7443", "[::]:7443") or ""')
+    return text
+
+
+def _rate(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number of requests per second")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number >= 0 (0 = unlimited)")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+        raise ValueError("must be an integer between 1 and 100000")
+    return value
+
+
 # --- the schema: table -> key -> (default, parser) ---
 
 _Parser = Callable[[Any], Any]
@@ -248,6 +307,21 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "session_cpu": ("", _cpu),
         "session_pids": (4096, _pids),
         "tool_call_grace_seconds": (30, _seconds),
+    },
+    "api": {
+        "tcp_listen": ("", _listen_address),
+        "tls_cert": ("", _optional_path),
+        "tls_key": ("", _optional_path),
+        "tls_client_ca": ("", _optional_path),
+        "rate_limit": (1000, _rate),
+        "rate_burst": (2000, _count),
+        "max_watchers": (128, _count),
+        "audit_log": ("", _optional_path),
+        "event_history": (16384, _count),
+    },
+    "prometheus": {
+        "listen": ("127.0.0.1:9464", _listen),
+        "session_metrics": (True, _bool),
     },
 }
 
@@ -335,8 +409,23 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         node=NodeConfig(**values["node"]),
         tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
+        api=_api_config(values["api"], source),
         source=source,
+        prometheus=PrometheusConfig(**values["prometheus"]),
     )
+
+
+def _api_config(values: dict[str, Any], source: Path | None) -> ApiConfig:
+    api = ApiConfig(**values)
+    if api.tcp_listen:
+        missing = [k for k in ("tls_cert", "tls_key", "tls_client_ca") if values[k] is None]
+        if missing:
+            raise ConfigError(
+                f"{source or 'configuration'}: [api] tcp_listen = {api.tcp_listen!r} needs "
+                f"{', '.join(missing)}: the TCP listener only serves mutual TLS "
+                "(agentctl certs init makes a development CA)"
+            )
+    return api
 
 
 def _parse(table: str, key: str, value: Any, where: str) -> Any:

@@ -59,3 +59,24 @@ class UnavailableError(AgentdError):
 
 class ResourceExhaustedError(AgentdError):
     """A per-caller or daemon-wide limit on what a request may hold was reached."""
+
+
+class UnauthenticatedError(AgentdError):
+    """The caller could not be identified (no token, no client certificate)."""
+
+
+class RoleDeniedError(PermissionDeniedError):
+    """The caller's role may not call this method at all."""
+
+    def __init__(self, message: str, role: str, method: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.method = method
+
+
+class RateLimitedError(RetryLaterError, ResourceExhaustedError):
+    """The caller sent more requests than its rate allows."""
+
+
+class DeadlineExceededError(AgentdError):
+    """The caller's deadline passed before the work was done (or started)."""

@@ -10,12 +10,15 @@ from grpc_status import rpc_status
 from agentd.errors import (
     AgentdError,
     AlreadyExistsError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
     RetryLaterError,
+    RoleDeniedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -29,6 +32,8 @@ _CODES: list[tuple[type[AgentdError], int]] = [
     (FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
     (UnavailableError, code_pb2.UNAVAILABLE),
     (ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, code_pb2.UNAUTHENTICATED),
+    (DeadlineExceededError, code_pb2.DEADLINE_EXCEEDED),
 ]
 
 
@@ -52,6 +57,13 @@ def to_status(error: AgentdError) -> grpc.Status:
         details.append(
             _packed(error_details_pb2.ErrorInfo(reason="HOST_UNAVAILABLE", domain=DOMAIN))
         )
+    elif isinstance(error, RoleDeniedError):
+        info = error_details_pb2.ErrorInfo(
+            reason="ROLE_NOT_ALLOWED",
+            domain=DOMAIN,
+            metadata={"role": error.role, "method": error.method},
+        )
+        details.append(_packed(info))
     elif isinstance(error, NotFoundError):
         details.append(
             _packed(

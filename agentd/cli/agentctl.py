@@ -255,6 +255,24 @@ def build_parser() -> _Parser:
         help="write the usage as one JSON object to FILE ('-': stdout) when done",
     )
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser(
+        "top",
+        parents=[common, json_flag],
+        help="live view of sessions and tool calls",
+        description="Sessions and running tool calls with memory, CPU%%, pids, state, "
+        "priority and age, refreshed in place until Ctrl-C. --json prints one JSON "
+        "object per refresh.",
+    )
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--interval", type=seconds_arg, default=1.0, metavar="SECONDS", help="refresh period"
+    )
+    p.set_defaults(handler=cmd_top)
+
+    from agentd.cli import certs
+
+    certs.add_parser(sub)
     return parser
 
 
@@ -743,6 +761,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from agentd.cli.top import cmd_top as top
+
+    return top(args)
 
 
 def pb_kind_name(kind: int) -> str:

@@ -1,0 +1,1 @@
+"""Kubernetes integration: a kube-scheduler extender that asks each node's agentd."""
