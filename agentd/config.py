@@ -78,12 +78,26 @@ class DefaultsConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    enabled: bool  # in-kernel guards (needs the eBPF tracking source)
+    memory_action: str  # stop | report
+    memory_headroom: float  # the cgroup limit sits this fraction above the guard's
+    grant_step: float
+    wait_seconds: float
+    fork_rate: int  # forks/s per tool call, 0 = unbounded
+    fork_burst: int
+    max_processes: int  # 0 = unbounded
+    fork_action: str  # stop | kill
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
     node: NodeConfig
     tracking: TrackingConfig
     defaults: DefaultsConfig
+    guard: GuardConfig
     source: Path | None  # the file that was read, None when there was none
 
 
@@ -217,6 +231,22 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _fraction(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number such as 0.25")
+    if not math.isfinite(value) or not 0 <= value <= 10:
+        raise ValueError("must be between 0 and 10")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if not 0 <= value <= PID_MAX_LIMIT:
+        raise ValueError(f"must be between 0 and {PID_MAX_LIMIT}")
+    return value
+
+
 # --- the schema: table -> key -> (default, parser) ---
 
 _Parser = Callable[[Any], Any]
@@ -248,6 +278,17 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "session_cpu": ("", _cpu),
         "session_pids": (4096, _pids),
         "tool_call_grace_seconds": (30, _seconds),
+    },
+    "guard": {
+        "enabled": (True, _bool),
+        "memory_action": ("stop", _one_of(("stop", "report"))),
+        "memory_headroom": (0.25, _fraction),
+        "grant_step": (0.25, _fraction),
+        "wait_seconds": (10, _seconds),
+        "fork_rate": (1000, _count),
+        "fork_burst": (500, _count),
+        "max_processes": (2048, _count),
+        "fork_action": ("stop", _one_of(("stop", "kill"))),
     },
 }
 
@@ -335,6 +376,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         node=NodeConfig(**values["node"]),
         tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
+        guard=GuardConfig(**values["guard"]),
         source=source,
     )
 
