@@ -83,10 +83,10 @@ class Enforcement:
     in the tool call's result (docs/enforcement.md)."""
 
     action: str  # "stopped", "resumed", "killed", "oom_killed", "reported"
-    limit: str  # "memory", "session_memory", "fork_rate", "processes", "oom"
+    limit: str  # "memory", "session_memory", "fork_rate", "processes", "pids_max", "oom"
     limit_value: int  # the bound, in `unit`
     value: int  # how far it went, in `unit`
-    unit: str  # "bytes", "forks/s" or "processes"
+    unit: str  # "bytes", "forks/s", "processes" or "forks refused"
     pid: int = 0  # the process that crossed (or the OOM victim)
     comm: str = ""
     argv: tuple[str, ...] = ()

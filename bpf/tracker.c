@@ -118,7 +118,11 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #define G_SESSION 2      // the session's sum over its budget
 #define G_FORK_RATE 4    // forks faster than the token bucket allows
 #define G_PROCESSES 8    // more live processes than allowed
-#define G_FORK_MASK (G_FORK_RATE | G_PROCESSES)
+#define G_PIDS_MAX 16    // forks refused with EAGAIN: it sits at its pids.max
+#define G_FORK_MASK (G_FORK_RATE | G_PROCESSES | G_PIDS_MAX)
+// Refused forks tolerated before G_PIDS_MAX trips (a build may probe its limit once).
+#define FORKS_REFUSED_MAX 8
+#define EAGAIN_NR 11
 // guard_limit.flags: what the kernel does on crossing, besides reporting.
 #define GF_STOP_MEMORY 1 // SIGSTOP the process whose allocation crossed
 #define GF_STOP_FORK 2   // SIGSTOP every process of the tool call that forks or execs
@@ -146,6 +150,7 @@ struct guard_state {
     s64 procs;   // live processes (not threads)
     u64 forks;
     u64 signals; // stop/kill signals the guard sent
+    u64 refused; // forks that failed with EAGAIN (pids.max)
 };
 
 // EV_GUARD and EV_OOM: the header, then the figures.
@@ -314,6 +319,55 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
     if ((before & reason) == reason)
         return;
     guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig);
+}
+
+// A fork of a watched process failed. EAGAIN means the pids controller (or
+// RLIMIT_NPROC) refused it: a fork loop too slow for the rate bound ends there and would
+// spin at pids.max for ever, invisible to sched_process_fork. Past FORKS_REFUSED_MAX
+// refusals the tool call trips; once tripped, every refused forker is halted too.
+static __always_inline int guard_fork_failed(long ret) {
+    if (ret != -EAGAIN_NR)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_state *ps = procs.lookup(&tgid);
+    if (!ps)
+        return 0;
+    u64 key = ps->key;
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim)
+        return 0;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (!st)
+        return 0;
+    u64 refused = __sync_fetch_and_add(&st->refused, 1) + 1;
+    if (refused <= FORKS_REFUSED_MAX && !(lim->tripped & G_FORK_MASK))
+        return 0;
+    u32 sig = guard_fork_signal(lim);
+    if (sig) {
+        bpf_send_signal(sig);
+        __sync_fetch_and_add(&st->signals, 1);
+    }
+    u64 before = __sync_fetch_and_or(&lim->tripped, (u64)G_PIDS_MAX);
+    if (before & G_PIDS_MAX)
+        return 0;
+    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fork) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork) {
+    return guard_fork_failed(args->ret);
 }
 
 // Once a tool call's fork guard tripped, any of its processes that execs is halted too.

@@ -9,28 +9,45 @@ from agentd.model import Enforcement
 
 
 def _mb(n: int) -> str:
-    """Whole MiB, rounded up, in the form intents accept ("700M")."""
+    """Whole MiB, rounded up, in the form intents accept ("700M"): for suggestions."""
     return f"{math.ceil(max(n, 0) / 2**20)}M"
 
 
+def _fig(n: int) -> str:
+    """A measured figure: MiB with one decimal, so that 4 KiB over 128M reads 128.0M."""
+    return f"{max(n, 0) / 2**20:.1f}M"
+
+
+def _bound(limit: int, intent: int) -> str:
+    return f"intent {_mb(limit)}" if limit == intent or not intent else f"limit {_mb(limit)}"
+
+
 def memory_stopped(
-    value: int, limit: int, pid: int, comm: str, argv: tuple[str, ...]
+    value: int, limit: int, pid: int, comm: str, argv: tuple[str, ...], intent: int = 0
 ) -> Enforcement:
     return Enforcement(
         action="stopped", limit="memory", limit_value=limit, value=value, unit="bytes",
         pid=pid, comm=comm, argv=argv, time=time.time(),
-        suggestion=f"memory {_mb(value)} over intent {_mb(limit)}: stopped while agentd decides",
+        suggestion=(
+            f"memory {_fig(value)} over {_bound(limit, intent)}: stopped while agentd decides"
+        ),
     )  # fmt: skip
 
 
 def memory_resumed(
-    value: int, old_limit: int, new_limit: int, pid: int, comm: str, argv: tuple[str, ...]
+    value: int,
+    old_limit: int,
+    new_limit: int,
+    pid: int,
+    comm: str,
+    argv: tuple[str, ...],
+    intent: int = 0,
 ) -> Enforcement:
     return Enforcement(
         action="resumed", limit="memory", limit_value=new_limit, value=value, unit="bytes",
         pid=pid, comm=comm, argv=argv, time=time.time(),
         suggestion=(
-            f"memory {_mb(value)} over intent {_mb(old_limit)}: resumed with {_mb(new_limit)} "
+            f"memory {_fig(value)} over {_bound(old_limit, intent)}: resumed with {_mb(new_limit)} "
             f"from the session's budget; declare intent.memory_max={_mb(new_limit)} next time"
         ),
     )  # fmt: skip
@@ -46,18 +63,19 @@ def memory_killed(
     pid: int,
     comm: str,
     argv: tuple[str, ...],
+    intent: int = 0,
 ) -> Enforcement:
     if limit_name == "session_memory":
         text = (
-            f"session memory {_mb(session_used)} over its budget {_mb(session_budget)} "
-            f"(this tool call {_mb(value)}): run fewer tool calls at once or open the "
+            f"session memory {_fig(session_used)} over its budget {_mb(session_budget)} "
+            f"(this tool call {_fig(value)}): run fewer tool calls at once or open the "
             f"session with a larger budget.memory_max"
         )
         limit_value, shown = session_budget, session_used
     else:
         text = (
-            f"memory {_mb(value)} over intent {_mb(limit)} and the session had no room "
-            f"({_mb(session_used)} of {_mb(session_budget)} in use): raise intent.memory_max "
+            f"memory {_fig(value)} over {_bound(limit, intent)} and the session had no room "
+            f"({_fig(session_used)} of {_mb(session_budget)} in use): raise intent.memory_max "
             f"to {_mb(suggested)}, or use fewer parallel workers"
         )
         limit_value, shown = limit, value
@@ -73,7 +91,7 @@ def memory_reported(
     return Enforcement(
         action="reported", limit="memory", limit_value=limit, value=value, unit="bytes",
         pid=pid, comm=comm, argv=argv, time=time.time(),
-        suggestion=f"memory {_mb(value)} over intent {_mb(limit)}: raise intent.memory_max",
+        suggestion=f"memory {_fig(value)} over intent {_mb(limit)}: raise intent.memory_max",
     )  # fmt: skip
 
 
@@ -86,6 +104,13 @@ def fork_killed(
             "use fewer parallel workers (e.g. pytest -n 2, make -j2) or spawn them gradually"
         )
         unit = "forks/s"
+    elif limit_name == "pids_max":
+        text = (
+            f"reached its pids_max of {limit} ({value} forks refused): the tool call was "
+            "killed as a fork loop; use fewer parallel workers or declare a larger "
+            "intent.pids_max"
+        )
+        unit = "forks refused"
     else:
         text = (
             f"{value} processes over {limit}: the tool call was killed; use fewer parallel "
@@ -104,11 +129,11 @@ def oom_killed(
     what = f"{comm or 'process'} (pid {pid})"
     if limit:
         text = (
-            f"the kernel OOM-killed {what} at {_mb(value)} with a limit of {_mb(limit)}: "
+            f"the kernel OOM-killed {what} at {_fig(value)} with a limit of {_mb(limit)}: "
             f"raise intent.memory_max to {_mb(suggested)}"
         )
     else:
-        text = f"the kernel OOM-killed {what} at {_mb(value)}: declare intent.memory_max"
+        text = f"the kernel OOM-killed {what} at {_fig(value)}: declare intent.memory_max"
     return Enforcement(
         action="oom_killed", limit="oom", limit_value=limit, value=value, unit="bytes",
         pid=pid, comm=comm, argv=argv, time=time.time(), suggestion=text,

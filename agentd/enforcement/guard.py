@@ -33,6 +33,7 @@ from agentd.enforcement.maps import (
     G_FORK_MASK,
     G_FORK_RATE,
     G_MEMORY,
+    G_PIDS_MAX,
     G_SESSION,
     GF_KILL_FORK,
     GF_STOP_FORK,
@@ -76,6 +77,7 @@ class _Guarded:
     stopped_since: float | None = None
     crossing: GuardRecord | None = None
     ooms: int = 0
+    intent: int = 0  # the intent's memory_max (limit may have been raised since)
 
 
 class Guard:
@@ -153,7 +155,7 @@ class Guard:
                 max_processes=s.max_processes,
                 flags=flags,
             )
-            guarded = _Guarded(tool_call, key, entry[0], budget, limit)
+            guarded = _Guarded(tool_call, key, entry[0], budget, limit, intent=limit.memory)
             self._by_key[key] = guarded
             self._by_id[tool_call.id] = guarded
             self.maps.add_tool_call(key, limit, max(len(pids), 1))
@@ -247,7 +249,10 @@ class Guard:
             "guard.memory_stopped", tool_call=guarded.tool_call.id, pid=record.pid,
             value=record.value, limit=limit, session_used=record.session_value,
         )  # fmt: skip
-        self._record(guarded, feedback.memory_stopped(record.value, limit, record.pid, comm, argv))
+        self._record(
+            guarded,
+            feedback.memory_stopped(record.value, limit, record.pid, comm, argv, guarded.intent),
+        )
         guarded.crossing = record
         guarded.stopped_since = time.monotonic()
         self._decide_memory(guarded)
@@ -281,7 +286,7 @@ class Guard:
             self._record(
                 guarded,
                 feedback.memory_resumed(
-                    crossing.value, old, decision.new_limit, record.pid, comm, argv
+                    crossing.value, old, decision.new_limit, record.pid, comm, argv, guarded.intent
                 ),
             )
             return
@@ -296,6 +301,7 @@ class Guard:
             record.pid,
             comm,
             argv,
+            guarded.intent,
         )
         GUARD_ACTIONS.labels(kind="memory_kill").inc()
         log.info("guard.memory_killed", tool_call=tool_call.id, value=crossing.value)
@@ -333,6 +339,11 @@ class Guard:
             value = round(record.value / seconds) if seconds > 0 else record.value
             enforcement = feedback.fork_killed(
                 "fork_rate", value, s.fork_rate, record.pid, comm, argv
+            )
+        elif record.reason & G_PIDS_MAX:
+            pids_max = guarded.tool_call.limits.pids_max or 0
+            enforcement = feedback.fork_killed(
+                "pids_max", record.value, pids_max, record.pid, comm, argv
             )
         else:
             enforcement = feedback.fork_killed(

@@ -62,7 +62,9 @@ def decide_memory(c: MemoryCrossing, settings: PolicySettings) -> Decision:
     room = c.session_budget - others  # what this tool call may hold in all
     grant = min(wanted, room)
     if grant - c.value >= max(math.ceil(c.value * settings.min_grant), 1):
-        return Decision(Verdict.GRANT, new_limit=grant, room=room - c.value)
+        # Never lowered: a session-budget trip under its own limit resumes with the
+        # limit it had (the session's sum is what stops it next time).
+        return Decision(Verdict.GRANT, new_limit=max(grant, c.limit), room=room - c.value)
     if c.waited_seconds >= settings.wait_seconds:
         return Decision(Verdict.KILL, room=room - c.value)
     return Decision(Verdict.WAIT, room=room - c.value)

@@ -16,7 +16,8 @@ G_MEMORY = 1
 G_SESSION = 2
 G_FORK_RATE = 4
 G_PROCESSES = 8
-G_FORK_MASK = G_FORK_RATE | G_PROCESSES
+G_PIDS_MAX = 16
+G_FORK_MASK = G_FORK_RATE | G_PROCESSES | G_PIDS_MAX
 # guard_limit.flags: what the kernel does on crossing besides reporting.
 GF_STOP_MEMORY = 1
 GF_STOP_FORK = 2

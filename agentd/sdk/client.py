@@ -99,6 +99,7 @@ class Enforcement:
     comm: str
     argv: tuple[str, ...]
     suggestion: str
+    time: float  # seconds since the epoch
 
     @classmethod
     def from_pb(cls, e: pb.Enforcement) -> Enforcement:
@@ -112,6 +113,7 @@ class Enforcement:
             comm=e.comm,
             argv=tuple(e.argv),
             suggestion=e.suggestion,
+            time=e.time.ToNanoseconds() / 1e9,
         )
 
 
