@@ -26,6 +26,7 @@ from agentd.enforcement.guard_policy import (
     MemoryCrossing,
     PolicySettings,
     Verdict,
+    deadlocked,
     decide_memory,
     suggested_memory,
 )
@@ -230,6 +231,16 @@ class Guard:
     def _tick(self) -> None:
         with self._lock:
             waiting = [g for g in self._by_key.values() if g.stopped_since is not None]
+            sessions = {
+                g.tool_call.session_id: self._sessions.get(g.tool_call.session_id) for g in waiting
+            }
+        for session_id, entry in sessions.items():
+            mine = {g.tool_call.id: g for g in waiting if g.tool_call.session_id == session_id}
+            since = {i: g.stopped_since or 0.0 for i, g in mine.items()}
+            victim = deadlocked(since, entry[1] if entry else 0)
+            if victim is not None:
+                log.info("guard.deadlock", session=session_id, given_up=victim, waiting=len(mine))
+                self._decide_memory(mine[victim], give_up=True)
         for guarded in waiting:
             self._decide_memory(guarded)
 
@@ -257,7 +268,7 @@ class Guard:
         guarded.stopped_since = time.monotonic()
         self._decide_memory(guarded)
 
-    def _decide_memory(self, guarded: _Guarded) -> None:
+    def _decide_memory(self, guarded: _Guarded, give_up: bool = False) -> None:
         record = guarded.crossing
         st = self.maps.state(guarded.key)
         if record is None or guarded.stopped_since is None or st is None:
@@ -268,7 +279,7 @@ class Guard:
             limit=guarded.limit.memory,
             session_used=self.maps.session_used(guarded.session_key),
             session_budget=guarded.session_budget,
-            waited_seconds=time.monotonic() - guarded.stopped_since,
+            waited_seconds=math.inf if give_up else time.monotonic() - guarded.stopped_since,
         )
         decision = decide_memory(crossing, settings)
         if decision.verdict is Verdict.WAIT:

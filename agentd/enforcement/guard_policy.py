@@ -73,3 +73,13 @@ def decide_memory(c: MemoryCrossing, settings: PolicySettings) -> Decision:
 def suggested_memory(peak: int, settings: PolicySettings) -> int:
     """An intent.memory_max that would have held `peak` with the grant step's margin."""
     return math.ceil(peak * (1 + settings.grant_step))
+
+
+def deadlocked(waiting_since: dict[str, float], session_tool_calls: int) -> str | None:
+    """When every guarded tool call of a session is stopped waiting for room, none of them
+    will ever free any: waiting is pointless. The one that stopped last (whose growth
+    filled the session) is given up at once; the others then get its room. Returns its
+    id, or None while some tool call of the session still runs."""
+    if not waiting_since or len(waiting_since) < session_tool_calls:
+        return None
+    return max(waiting_since, key=lambda k: waiting_since[k])

@@ -6,6 +6,7 @@ from agentd.enforcement.guard_policy import (
     MemoryCrossing,
     PolicySettings,
     Verdict,
+    deadlocked,
     decide_memory,
     suggested_memory,
 )
@@ -78,3 +79,13 @@ def test_zero_wait_kills_at_once_when_there_is_no_room() -> None:
 
 def test_suggested_memory_has_the_step_margin() -> None:
     assert suggested_memory(400 * M, SETTINGS) == 500 * M
+
+
+def test_no_deadlock_while_a_tool_call_of_the_session_still_runs() -> None:
+    assert deadlocked({"a": 1.0}, session_tool_calls=2) is None
+    assert deadlocked({}, session_tool_calls=0) is None
+
+
+def test_when_all_wait_the_last_to_stop_is_given_up() -> None:
+    assert deadlocked({"a": 1.0, "b": 2.5}, session_tool_calls=2) == "b"
+    assert deadlocked({"a": 1.0}, session_tool_calls=1) == "a"
