@@ -68,6 +68,8 @@ class AgentdProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"agentd exited {self.process.returncode}:\n{self.logs()}")
             if time.monotonic() > deadline:
+                # Not left running (with its cgroup root) behind a failed fixture.
+                self.cleanup()
                 raise RuntimeError(f"agentd did not start within {timeout}s:\n{self.logs()}")
             time.sleep(0.02)
         wait_for_socket(self.socket, timeout=timeout)
