@@ -87,6 +87,7 @@ class GuardConfig:
     fork_rate: int  # forks/s per tool call, 0 = unbounded
     fork_burst: int
     max_processes: int  # 0 = unbounded
+    fork_refusals: int  # forks refused by pids.max before the guard trips, 0 = never
     fork_action: str  # stop | kill
 
 
@@ -288,6 +289,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "fork_rate": (1000, _count),
         "fork_burst": (500, _count),
         "max_processes": (2048, _count),
+        "fork_refusals": (256, _count),
         "fork_action": ("stop", _one_of(("stop", "kill"))),
     },
 }

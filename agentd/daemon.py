@@ -127,6 +127,7 @@ def start_guard(
         fork_rate=cfg.fork_rate,
         fork_burst=cfg.fork_burst,
         max_processes=cfg.max_processes,
+        fork_refusals=cfg.fork_refusals,
         fork_action=cfg.fork_action,
         policy=PolicySettings(grant_step=cfg.grant_step, wait_seconds=cfg.wait_seconds),
     )

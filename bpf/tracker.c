@@ -122,8 +122,6 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #define G_PROCESSES 8    // more live processes than allowed
 #define G_PIDS_MAX 16    // forks refused with EAGAIN: it sits at its pids.max
 #define G_FORK_MASK (G_FORK_RATE | G_PROCESSES | G_PIDS_MAX)
-// Refused forks tolerated before G_PIDS_MAX trips (a build may probe its limit once).
-#define FORKS_REFUSED_MAX 8
 #define EAGAIN_NR 11
 // guard_limit.flags: what the kernel does on crossing, besides reporting.
 #define GF_STOP_MEMORY 1 // SIGSTOP the process whose allocation crossed
@@ -141,6 +139,7 @@ struct guard_limit {
     u64 fork_burst_ns; // burst * fork_cost_ns: how far ahead of the rate a burst may run
     u32 max_procs;     // live processes, 0 = unbounded
     u32 flags;         // GF_*
+    u64 refused_max;   // forks refused with EAGAIN before G_PIDS_MAX trips, 0 = never
     u64 tripped;       // G_* not yet resolved by the daemon (64 bits: BPF atomics)
 };
 
@@ -331,8 +330,9 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
 
 // A fork of a watched process failed. EAGAIN means the pids controller (or
 // RLIMIT_NPROC) refused it: a fork loop too slow for the rate bound ends there and would
-// spin at pids.max for ever, invisible to sched_process_fork. Past FORKS_REFUSED_MAX
-// refusals the tool call trips; once tripped, every refused forker is halted too.
+// spin at pids.max for ever, invisible to sched_process_fork. Past `refused_max`
+// refusals the tool call trips (a program that handles EAGAIN may probe its limit a few
+// times); once tripped, every refused forker is halted too.
 static __always_inline int guard_fork_failed(long ret) {
     if (ret != -EAGAIN_NR)
         return 0;
@@ -348,7 +348,7 @@ static __always_inline int guard_fork_failed(long ret) {
     if (!st)
         return 0;
     u64 refused = __sync_fetch_and_add(&st->refused, 1) + 1;
-    if (refused <= FORKS_REFUSED_MAX && !(lim->tripped & G_FORK_MASK))
+    if (!(lim->tripped & G_FORK_MASK) && (!lim->refused_max || refused <= lim->refused_max))
         return 0;
     u32 sig = guard_fork_signal(lim);
     if (sig) {

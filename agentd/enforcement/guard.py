@@ -63,6 +63,7 @@ class GuardSettings:
     fork_rate: int = 1000  # forks per second per tool call (0 = unbounded)
     fork_burst: int = 500
     max_processes: int = 2048  # live processes per tool call (0 = unbounded)
+    fork_refusals: int = 256  # forks refused at pids.max before it trips (0 = never)
     fork_action: str = "stop"  # "stop" or "kill" the processes that fork once tripped
     policy: PolicySettings = field(default_factory=PolicySettings)
 
@@ -154,6 +155,7 @@ class Guard:
                 fork_rate=s.fork_rate,
                 fork_burst=s.fork_burst,
                 max_processes=s.max_processes,
+                fork_refusals=s.fork_refusals,
                 flags=flags,
             )
             guarded = _Guarded(tool_call, key, entry[0], budget, limit, intent=limit.memory)

@@ -35,6 +35,7 @@ class GuardLimit:
     fork_rate: int = 0  # forks per second; 0 = unbounded
     fork_burst: int = 0  # forks allowed at once above the rate
     max_processes: int = 0  # 0 = unbounded
+    fork_refusals: int = 0  # forks refused by pids.max before it trips; 0 = never
     flags: int = 0
 
 
@@ -70,6 +71,7 @@ class GuardMaps:
         leaf.fork_cost_ns = cost
         leaf.fork_burst_ns = cost * max(limit.fork_burst, 1)
         leaf.max_procs = limit.max_processes
+        leaf.refused_max = limit.fork_refusals
         leaf.flags = limit.flags
         leaf.tripped = 0
         self._limits[self._limits.Key(key)] = leaf

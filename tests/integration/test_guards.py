@@ -124,7 +124,9 @@ def test_stopped_tool_call_resumes_when_a_sibling_frees_room(agentd):
         assert max(waits) > 0.3, times
 
 
-FORK_CONFIG = "[guard]\nfork_rate = 200\nfork_burst = 100\nmax_processes = 1000\n"
+FORK_CONFIG = (
+    "[guard]\nfork_rate = 200\nfork_burst = 100\nmax_processes = 1000\nfork_refusals = 64\n"
+)
 BOMB = ":(){ :|:& };:; sleep 60"
 TASK = [sys.executable, "-c", "import hashlib; print(hashlib.sha256(b'x' * 10**7).hexdigest())"]
 
@@ -158,7 +160,7 @@ def test_fork_bomb_is_contained_while_session_and_neighbours_keep_working(agentd
         contained = time.monotonic() - started
         for t in threads:
             t.join(30)
-        print(f"fork bomb contained in {contained:.2f} s, peak {result.usage.processes} tasks")
+        print(f"fork bomb contained in {contained:.2f} s, {result.usage.processes} processes seen")
         assert result.returncode == -9
         kill = next(e for e in result.enforcements if e.action == "killed")
         print(f"tripped on {kill.limit}: {kill.value} {kill.unit} over {kill.limit_value}")
@@ -167,10 +169,10 @@ def test_fork_bomb_is_contained_while_session_and_neighbours_keep_working(agentd
         # EAGAIN and it would spin for ever: the refused forks trip the guard there.
         if kill.limit == "fork_rate":
             assert kill.unit == "forks/s" and kill.value > kill.limit_value == 200
-            assert result.usage.processes < 256, "at pids.max before the rate bound tripped"
+            assert result.usage.processes < 256, "more processes than pids.max: not the rate"
         else:
             assert (kill.limit, kill.unit) == ("pids_max", "forks refused")
-            assert kill.value > 8 and kill.limit_value == 256
+            assert kill.value > 64 and kill.limit_value == 256
         assert "fewer parallel workers" in kill.suggestion
         assert contained < 15
         for name in ("sibling", "neighbour"):
