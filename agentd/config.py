@@ -100,6 +100,20 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    enabled: bool  # in-kernel guards (needs the eBPF tracking source)
+    memory_action: str  # stop | report
+    memory_headroom: float  # the cgroup limit sits this fraction above the guard's
+    grant_step: float
+    wait_seconds: float
+    fork_rate: int  # forks/s per tool call, 0 = unbounded
+    fork_burst: int
+    max_processes: int  # 0 = unbounded
+    fork_refusals: int  # forks refused by pids.max before the guard trips, 0 = never
+    fork_action: str  # stop | kill
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
@@ -107,6 +121,7 @@ class Config:
     tracking: TrackingConfig
     defaults: DefaultsConfig
     api: ApiConfig
+    guard: GuardConfig
     source: Path | None  # the file that was read, None when there was none
     prometheus: PrometheusConfig = PrometheusConfig(listen="", session_metrics=True)
 
@@ -270,9 +285,26 @@ def _rate(value: Any) -> float:
     return float(value)
 
 
+def _fraction(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number such as 0.25")
+    if not math.isfinite(value) or not 0 <= value <= 10:
+        raise ValueError("must be between 0 and 10")
+    return float(value)
+
+
 def _count(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
         raise ValueError("must be an integer between 1 and 100000")
+    return value
+
+
+def _bound(value: Any) -> int:
+    """A process count or rate bound; 0 means unbounded."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if not 0 <= value <= PID_MAX_LIMIT:
+        raise ValueError(f"must be between 0 and {PID_MAX_LIMIT}")
     return value
 
 
@@ -322,6 +354,18 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     "prometheus": {
         "listen": ("127.0.0.1:9464", _listen),
         "session_metrics": (True, _bool),
+    },
+    "guard": {
+        "enabled": (True, _bool),
+        "memory_action": ("stop", _one_of(("stop", "report"))),
+        "memory_headroom": (0.25, _fraction),
+        "grant_step": (0.25, _fraction),
+        "wait_seconds": (10, _seconds),
+        "fork_rate": (1000, _bound),
+        "fork_burst": (500, _bound),
+        "max_processes": (2048, _bound),
+        "fork_refusals": (256, _bound),
+        "fork_action": ("stop", _one_of(("stop", "kill"))),
     },
 }
 
@@ -410,6 +454,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
         api=_api_config(values["api"], source),
+        guard=GuardConfig(**values["guard"]),
         source=source,
         prometheus=PrometheusConfig(**values["prometheus"]),
     )

@@ -36,7 +36,10 @@ from agentd.cgroups.detect import (
 )
 from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
-from agentd.config import Config, ConfigError, add_arguments, load_config
+from agentd.config import Config, ConfigError, GuardConfig, add_arguments, load_config
+from agentd.enforcement.guard import Guard, GuardSettings
+from agentd.enforcement.guard_policy import PolicySettings
+from agentd.enforcement.maps import GuardMaps
 from agentd.events import Event, EventBus
 from agentd.executors import Executors
 from agentd.log import configure_logging
@@ -47,6 +50,7 @@ from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
 from agentd.tracking import Tracker
+from agentd.tracking.ebpf import EbpfSource
 
 log = structlog.get_logger("agentd")
 
@@ -85,7 +89,7 @@ def select_backend(cfg: Config, layout: CgroupLayout) -> tuple[CgroupBackend, st
     return choose_backend(layout, cfg.cgroup.backend, cfg.cgroup.root), "configured name"
 
 
-def start_tracker(prefer: str, process_usage: bool = True) -> Tracker | None:
+def start_tracker(prefer: str, process_usage: bool = True, guard: bool = False) -> Tracker | None:
     """The process-event source: a failure is logged and the daemon runs without
     process trees rather than not at all (its cgroups still hold every process)."""
     if prefer == "off":
@@ -96,7 +100,7 @@ def start_tracker(prefer: str, process_usage: bool = True) -> Tracker | None:
             log.warning("tracking.tracefs_unavailable", error=error)
     started = time.monotonic()
     try:
-        tracker = Tracker.start(prefer=prefer, process_usage=process_usage)
+        tracker = Tracker.start(prefer=prefer, process_usage=process_usage, guard=guard)
     except Exception as e:
         log.error("tracking.unavailable", prefer=prefer, error=str(e))
         return None
@@ -107,6 +111,35 @@ def start_tracker(prefer: str, process_usage: bool = True) -> Tracker | None:
         seconds=round(time.monotonic() - started, 3),
     )
     return tracker
+
+
+def start_guard(
+    cfg: GuardConfig, tracker: Tracker | None, backend: CgroupBackend, bus: EventBus
+) -> Guard | None:
+    """The in-kernel guards, when enabled and the eBPF source carries them; otherwise
+    the cgroup limits alone enforce (logged)."""
+    if not cfg.enabled:
+        return None
+    source = tracker.source if tracker is not None else None
+    if not isinstance(source, EbpfSource) or not source.guard:
+        log.warning("guard.unavailable", reason="needs the eBPF tracking source")
+        return None
+    settings = GuardSettings(
+        memory_action=cfg.memory_action,
+        memory_headroom=cfg.memory_headroom,
+        fork_rate=cfg.fork_rate,
+        fork_burst=cfg.fork_burst,
+        max_processes=cfg.max_processes,
+        fork_refusals=cfg.fork_refusals,
+        fork_action=cfg.fork_action,
+        policy=PolicySettings(grant_step=cfg.grant_step, wait_seconds=cfg.wait_seconds),
+    )
+    assert tracker is not None
+    guard = Guard(settings, GuardMaps(source), tracker, backend, bus)
+    source.on_guard = guard.on_record
+    guard.start()
+    log.info("guard.started", **{k: v for k, v in vars(cfg).items() if k != "enabled"})
+    return guard
 
 
 def forward_process_events(
@@ -212,9 +245,10 @@ class Daemon:
             cpus=node.cpus,
         )
         store = Store(cfg.daemon.state_dir)
-        tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage)
+        tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage, cfg.guard.enabled)
         bus = EventBus(history=cfg.api.event_history)
         manager = Manager(backend, store, node, tracker=tracker, bus=bus)
+        manager.guard = start_guard(cfg.guard, tracker, backend, bus)
         recovered = manager.recover()
         if tracker is not None:
             threading.Thread(
@@ -282,6 +316,7 @@ class Daemon:
             for step in (
                 manager.remove_pending,
                 lambda: manager.save_trees(now=float("inf")),  # needs the tracker alive
+                manager.guard.stop if manager.guard is not None else lambda: None,
                 tracker.stop if tracker is not None else lambda: None,
             ):
                 try:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -44,6 +45,9 @@ from agentd.model import (
 )
 from agentd.store import Store
 from agentd.tracking import Tracker
+
+if TYPE_CHECKING:
+    from agentd.enforcement.guard import Guard
 
 log = structlog.get_logger("agentd.manager")
 
@@ -126,6 +130,8 @@ class Manager:
         self._removals: queue.SimpleQueue[str] = queue.SimpleQueue()
         # Trees of ended tool calls, saved to the store once their last events are in.
         self._tree_saves: deque[tuple[float, ToolCall]] = deque()
+        # The in-kernel guards (agentd/enforcement), set by the daemon when enabled.
+        self.guard: Guard | None = None
 
     # ---- sessions ---------------------------------------------------------------
 
@@ -268,6 +274,7 @@ class Manager:
                     self.tracker.adopt(tool_call.id, pid, fork_ns)
                 except Exception as e:
                     log.warning("tracking.adopt_failed", tool_call=tool_call.id, error=str(e))
+            self._guard_begin(tool_call, [pid])
         self._publish(tool_call, "tool_call_begun")
         return tool_call
 
@@ -315,6 +322,8 @@ class Manager:
         )
         rel = tool_call.cgroup_rel
         group_limits = self._group_limits(limits, intent.priority or session.priority)
+        if self.guard is not None:
+            group_limits = self.guard.group_limits(group_limits)
         try:
             if spare:
                 self.backend.set_limits(rel, group_limits)
@@ -550,6 +559,8 @@ class Manager:
                 # reader) ends with its tool call, like a systemd scope.
                 leftovers = self.backend.kill(rel)
             usage = self._usage(tool_call, time.time())
+            if self.guard is not None:
+                self.guard.end(tool_call, usage.oom_kills)
             # The group is empty now; rmdir in every hierarchy costs ~0.2 ms that the
             # caller need not wait for (remove_pending() does it within milliseconds).
             self._removals.put(rel)
@@ -588,6 +599,16 @@ class Manager:
                 self.tracker.begin(tool_call.id, pids[0], procs_file)
         except Exception as e:
             log.warning("tracking.begin_failed", tool_call=tool_call.id, error=str(e))
+        self._guard_begin(tool_call, pids)
+
+    def _guard_begin(self, tool_call: ToolCall, pids: list[int]) -> None:
+        session = self._sessions.get(tool_call.session_id)
+        if self.guard is None or session is None:
+            return
+        try:
+            self.guard.begin(tool_call, session, pids)
+        except Exception as e:
+            log.warning("guard.begin_failed", tool_call=tool_call.id, error=str(e))
 
     def _track_end(self, tool_call: ToolCall, exit_status: ExitStatus) -> int | None:
         """Tell the tracker the command ended; the number of processes it saw."""

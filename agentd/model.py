@@ -77,6 +77,23 @@ class Usage:
     processes_running: int = 0
 
 
+@dataclass(frozen=True)
+class Enforcement:
+    """Something agentd did to a tool call because it crossed a bound, told to the agent
+    in the tool call's result (docs/enforcement.md)."""
+
+    action: str  # "stopped", "resumed", "killed", "oom_killed", "reported"
+    limit: str  # "memory", "session_memory", "fork_rate", "processes", "pids_max", "oom"
+    limit_value: int  # the bound, in `unit`
+    value: int  # how far it went, in `unit`
+    unit: str  # "bytes", "forks/s", "processes" or "forks refused"
+    pid: int = 0  # the process that crossed (or the OOM victim)
+    comm: str = ""
+    argv: tuple[str, ...] = ()
+    suggestion: str = ""  # what the agent can do about it
+    time: float = 0.0
+
+
 @dataclass
 class Session:
     id: str
@@ -109,6 +126,7 @@ class ToolCall:
     exit: ExitStatus = field(default_factory=ExitStatus)
     usage: Usage = field(default_factory=Usage)
     leftover_processes_killed: int = 0
+    enforcements: list[Enforcement] = field(default_factory=list)
 
     @property
     def running(self) -> bool:

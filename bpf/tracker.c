@@ -13,6 +13,12 @@
 // Resource figures live in the same map entry, so they need no map of their own (no
 // extra map-full case) and leave with it at exit: CPU time from sched_switch
 // (prev-side, timestamps), peak resident memory from kmem:rss_stat.
+//
+// With -DGUARD (docs/enforcement.md) the same programs enforce per tool call bounds in
+// the kernel: the sum of its processes' anonymous + shmem memory against its limit and
+// its session's budget (rss_stat), its process count and fork rate (sched_process_fork);
+// on crossing they report through the ring buffer and, by policy, stop the offender with
+// bpf_send_signal() before it returns to user space. oom:mark_victim is attributed too.
 
 #define CLONE_VM_FLAG 0x00000100ULL
 #define CLONE_THREAD_FLAG 0x00010000ULL
@@ -25,6 +31,8 @@
 #define EV_EXEC 2
 #define EV_EXIT 3
 #define EV_ARGS 4
+#define EV_GUARD 5  // a guard tripped (struct guard_event)
+#define EV_OOM 6    // the OOM killer chose a watched process (struct guard_event)
 
 #define F_EXIT_CODE 1
 #define F_EXIT_SIGNAL 2
@@ -69,6 +77,7 @@ struct proc_state {
     s32 signal;    // last fatal signal generated for it, valid with F_EXIT_SIGNAL
     u32 flags;
     u32 mm_id;     // rss_stat's hashed mm pointer the sizes belong to (0: not known yet)
+    s64 charged;   // GUARD: anon + shmem bytes this process added to its tool call's sum
 };
 
 // Fixed header of every event; `data` follows (exec: filename, args: NUL-separated argv).
@@ -105,6 +114,64 @@ struct args_event {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#ifdef GUARD
+// Why a guard tripped (bits of guard_limit.tripped and guard_event.reason).
+#define G_MEMORY 1       // the tool call's sum over its limit
+#define G_SESSION 2      // the session's sum over its budget
+#define G_FORK_RATE 4    // forks faster than the token bucket allows
+#define G_PROCESSES 8    // more live processes than allowed
+#define G_PIDS_MAX 16    // forks refused with EAGAIN: it sits at its pids.max
+#define G_FORK_MASK (G_FORK_RATE | G_PROCESSES | G_PIDS_MAX)
+#define EAGAIN_NR 11
+// guard_limit.flags: what the kernel does on crossing, besides reporting.
+#define GF_STOP_MEMORY 1 // SIGSTOP the process whose allocation crossed
+#define GF_STOP_FORK 2   // SIGSTOP every process of the tool call that forks or execs
+#define GF_KILL_FORK 4   // SIGKILL them instead
+#define SIGKILL_NR 9
+#define SIGSTOP_NR 19
+
+// Written by the daemon only; the kernel only ORs bits into `tripped` (the daemon
+// clears them by rewriting the entry when it has decided).
+struct guard_limit {
+    s64 memory;        // bytes of anon + shmem, 0 = unbounded
+    u64 session;       // key into session_budget / session_used, 0 = none
+    u64 fork_cost_ns;  // 1e9 / allowed forks per second, 0 = no rate bound
+    u64 fork_burst_ns; // burst * fork_cost_ns: how far ahead of the rate a burst may run
+    u32 max_procs;     // live processes, 0 = unbounded
+    u32 flags;         // GF_*
+    u64 refused_max;   // forks refused with EAGAIN before G_PIDS_MAX trips, 0 = never
+    u64 tripped;       // G_* not yet resolved by the daemon (64 bits: BPF atomics)
+};
+
+// Written by the kernel only (the daemon creates it zeroed and deletes it).
+struct guard_state {
+    s64 memory;  // sum of its live processes' `charged`
+    s64 peak;    // max of `memory`
+    u64 tat;     // fork GCRA: theoretical arrival time of the next fork (ktime ns)
+    s64 procs;   // live processes (not threads)
+    u64 forks;
+    u64 signals; // stop/kill signals the guard sent
+    u64 refused; // forks that failed with EAGAIN (pids.max)
+};
+
+// EV_GUARD and EV_OOM: the header, then the figures.
+struct guard_event {
+    struct event h;
+    s64 value;          // memory: tool call sum; OOM: victim's rss (bytes); fork: forks/s
+    s64 limit;          // the bound crossed (bytes, forks/s or processes)
+    s64 session_value;
+    s64 session_limit;
+    s64 procs;
+    u32 reason;         // G_*
+    u32 action;         // signal sent (0: reported only)
+};
+
+BPF_HASH(guard_limits, u64, struct guard_limit, MAX_GUARDS);
+BPF_HASH(guard_state, u64, struct guard_state, MAX_GUARDS);
+BPF_HASH(session_budget, u64, s64, MAX_GUARDS);  // daemon: the session's bytes
+BPF_HASH(session_used, u64, s64, MAX_GUARDS);    // kernel: sum of its tool calls
+#endif
+
 BPF_HASH(procs, u32, struct proc_state, MAX_PROCS);
 // Children created with CLONE_THREAD, noted by task_newtask (which sees clone_flags)
 // for sched_process_fork (which does not). LRU: a failed clone cannot leak an entry.
@@ -137,6 +204,254 @@ static __always_inline void fill(struct event *e, u32 type, u64 key, u32 pid) {
     e->len = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
+
+#ifdef GUARD
+static __always_inline void guard_emit(u32 type, u64 key, u32 pid, s64 value, s64 limit,
+                                       s64 session_value, s64 session_limit, s64 procs,
+                                       u32 reason, u32 action) {
+    struct guard_event *e = events.ringbuf_reserve(sizeof(struct guard_event));
+    if (!e) {
+        count(C_RINGBUF_LOST);
+        return;
+    }
+    fill(&e->h, type, key, pid);
+    e->h.len = sizeof(*e) - sizeof(e->h);
+    e->value = value;
+    e->limit = limit;
+    e->session_value = session_value;
+    e->session_limit = session_limit;
+    e->procs = procs;
+    e->reason = reason;
+    e->action = action;
+    events.ringbuf_submit(e, 0);
+    count(C_EMITTED);
+}
+
+static __always_inline u32 guard_fork_signal(struct guard_limit *lim) {
+    if (lim->flags & GF_KILL_FORK)
+        return SIGKILL_NR;
+    if (lim->flags & GF_STOP_FORK)
+        return SIGSTOP_NR;
+    return 0;
+}
+
+// A process's anon + shmem became `now_bytes` (rss_stat, in its own context). Its
+// contribution to the tool call's and the session's sums moves by the difference; an
+// exchange, because threads of one process report the same mm's counters concurrently.
+// On crossing, the allocating process is stopped before it returns to user space: the
+// signal is raised here, inside the page fault that crossed.
+static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 now_bytes) {
+    u64 key = ps->key;
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim)
+        return;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (!st)
+        return;
+    s64 old = __sync_lock_test_and_set(&ps->charged, now_bytes);
+    s64 delta = now_bytes - old;
+    if (delta == 0)
+        return;
+    s64 sum = __sync_fetch_and_add(&st->memory, delta) + delta;
+    if (sum > st->peak)
+        st->peak = sum;
+    s64 session_sum = 0;
+    s64 budget = 0;
+    u64 skey = lim->session;
+    if (skey) {
+        s64 *used = session_used.lookup(&skey);
+        if (used)
+            session_sum = __sync_fetch_and_add(used, delta) + delta;
+        s64 *b = session_budget.lookup(&skey);
+        if (b)
+            budget = *b;
+    }
+    if (delta < 0)
+        return;
+    u32 reason = 0;
+    if (lim->memory > 0 && sum > lim->memory)
+        reason |= G_MEMORY;
+    if (budget > 0 && session_sum > budget)
+        reason |= G_SESSION;
+    if (!reason)
+        return;
+    u32 action = 0;
+    if (lim->flags & GF_STOP_MEMORY) {
+        bpf_send_signal(SIGSTOP_NR);
+        action = SIGSTOP_NR;
+        __sync_fetch_and_add(&st->signals, 1);
+    }
+    u64 before = __sync_fetch_and_or(&lim->tripped, (u64)reason);
+    if ((before & reason) == reason)
+        return;  // reported already; the daemon is deciding
+    guard_emit(EV_GUARD, key, tgid, sum, lim->memory, session_sum, budget, st->procs, reason,
+               action);
+}
+
+// A watched process forked a process (not a thread); runs in the parent.
+static __always_inline void guard_fork(u64 key, u32 ptgid) {
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim)
+        return;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (!st)
+        return;
+    s64 procs = __sync_fetch_and_add(&st->procs, 1) + 1;
+    u64 forks = __sync_fetch_and_add(&st->forks, 1) + 1;
+    u32 reason = 0;
+    if (lim->max_procs && procs > lim->max_procs)
+        reason |= G_PROCESSES;
+    if (lim->fork_cost_ns) {
+        // GCRA (a token bucket in one word): each fork moves the theoretical arrival
+        // time one cost ahead; running more than the burst ahead of now is over the rate.
+        u64 now = bpf_ktime_get_ns();
+        u64 tat = st->tat;
+        if (tat < now)
+            tat = now;
+        tat += lim->fork_cost_ns;
+        st->tat = tat;
+        if (tat - now > lim->fork_burst_ns)
+            reason |= G_FORK_RATE;
+    }
+    if (!reason && !(lim->tripped & G_FORK_MASK))
+        return;
+    u32 sig = guard_fork_signal(lim);
+    if (sig) {
+        bpf_send_signal(sig);
+        __sync_fetch_and_add(&st->signals, 1);
+    }
+    if (!reason)
+        return;
+    u64 before = __sync_fetch_and_or(&lim->tripped, (u64)reason);
+    if ((before & reason) == reason)
+        return;
+    guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig);
+}
+
+// A fork of a watched process failed. EAGAIN means the pids controller (or
+// RLIMIT_NPROC) refused it: a fork loop too slow for the rate bound ends there and would
+// spin at pids.max for ever, invisible to sched_process_fork. Past `refused_max`
+// refusals the tool call trips (a program that handles EAGAIN may probe its limit a few
+// times); once tripped, every refused forker is halted too.
+static __always_inline int guard_fork_failed(long ret) {
+    if (ret != -EAGAIN_NR)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_state *ps = procs.lookup(&tgid);
+    if (!ps)
+        return 0;
+    u64 key = ps->key;
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim)
+        return 0;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (!st)
+        return 0;
+    u64 refused = __sync_fetch_and_add(&st->refused, 1) + 1;
+    if (!(lim->tripped & G_FORK_MASK) && (!lim->refused_max || refused <= lim->refused_max))
+        return 0;
+    u32 sig = guard_fork_signal(lim);
+    if (sig) {
+        bpf_send_signal(sig);
+        __sync_fetch_and_add(&st->signals, 1);
+    }
+    u64 before = __sync_fetch_and_or(&lim->tripped, (u64)G_PIDS_MAX);
+    if (before & G_PIDS_MAX)
+        return 0;
+    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fork) {
+    return guard_fork_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork) {
+    return guard_fork_failed(args->ret);
+}
+
+// Once a tool call's fork guard tripped, any of its processes that execs is halted too.
+static __always_inline void guard_halt_if_tripped(u64 key) {
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim || !(lim->tripped & G_FORK_MASK))
+        return;
+    u32 sig = guard_fork_signal(lim);
+    if (sig)
+        bpf_send_signal(sig);
+}
+
+// A process leaves: its contribution leaves the sums.
+static __always_inline void guard_exit(struct proc_state *ps) {
+    u64 key = ps->key;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (!st)
+        return;
+    __sync_fetch_and_add(&st->procs, -1);
+    s64 charged = ps->charged;
+    if (!charged)
+        return;
+    __sync_fetch_and_add(&st->memory, -charged);
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (!lim || !lim->session)
+        return;
+    u64 skey = lim->session;
+    s64 *used = session_used.lookup(&skey);
+    if (used)
+        __sync_fetch_and_add(used, -charged);
+}
+
+// The OOM killer chose its victim (in the context of the task whose allocation failed).
+// Only the pid is read for attribution; the victim's comm and sizes where the kernel's
+// format has them (6.8+; 6.1 has only the pid).
+TRACEPOINT_PROBE(oom, mark_victim) {
+    u32 pid = args->pid;
+    struct proc_state *ps = procs.lookup(&pid);
+    if (!ps)
+        return 0;
+    u64 key = ps->key;
+    struct guard_event *e = events.ringbuf_reserve(sizeof(struct guard_event));
+    if (!e) {
+        count(C_RINGBUF_LOST);
+        return 0;
+    }
+    fill(&e->h, EV_OOM, key, pid);
+    e->h.ppid = bpf_get_current_pid_tgid() >> 32;  // whose allocation failed
+    e->h.len = sizeof(*e) - sizeof(e->h);
+    e->value = 0;
+    e->limit = 0;
+    e->session_value = 0;
+    e->session_limit = 0;
+    e->procs = 0;
+    e->reason = 0;
+    e->action = SIGKILL_NR;
+#ifdef OOM_HAS_RSS
+    unsigned short loc = args->data_loc_comm & 0xFFFF;
+    bpf_probe_read_kernel_str(e->h.comm, sizeof(e->h.comm), (void *)args + loc);
+    e->value = (s64)(args->anon_rss + args->file_rss + args->shmem_rss) * 1024;
+#else
+    __builtin_memset(e->h.comm, 0, sizeof(e->h.comm));
+#endif
+    struct guard_limit *lim = guard_limits.lookup(&key);
+    if (lim)
+        e->limit = lim->memory;
+    struct guard_state *st = guard_state.lookup(&key);
+    if (st) {
+        e->session_value = st->memory;
+        e->procs = st->procs;
+    }
+    events.ringbuf_submit(e, 0);
+    count(C_EMITTED);
+    return 0;
+}
+#endif  // GUARD
 
 TRACEPOINT_PROBE(task, task_newtask) {
     u64 flags = args->clone_flags;
@@ -179,6 +494,9 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         u64 now = bpf_ktime_get_boot_ns();
         held.update(&child, &now);
     }
+#ifdef GUARD
+    guard_fork(key, ptgid);
+#endif
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -276,6 +594,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         return 0;
     // Its own mm from now on; rss_stat resets the sizes when it sees the new mm_id.
     ps->flags &= ~F_SHARED_MM;
+#ifdef GUARD
+    guard_halt_if_tripped(ps->key);
+#endif
     struct exec_event *e = events.ringbuf_reserve(sizeof(struct exec_event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -363,6 +684,9 @@ RAW_TRACEPOINT_PROBE(sched_switch) {
     return 0;
 }
 
+#endif  // TRACK_USAGE
+
+#if defined(TRACK_USAGE) || defined(GUARD)
 // Peak RSS: rss_stat reports the absolute size of one counter of an mm each time it
 // changes. `curr` says the mm is the current task's, so the current tgid owns it; other
 // contexts (reclaim, exit_mmap after exit_mm, exec's argument copy) are skipped, and the
@@ -393,9 +717,14 @@ TRACEPOINT_PROBE(kmem, rss_stat) {
     s64 resident = ps->rss[MM_FILEPAGES] + ps->rss[MM_ANONPAGES] + ps->rss[MM_SHMEMPAGES];
     if (resident > ps->peak_rss)
         ps->peak_rss = resident;
+#ifdef GUARD
+    // Private memory only: file pages are shared page cache (libraries), which a sum of
+    // RSS would count once per process; the cgroup charges them once.
+    guard_memory(ps, tgid, ps->rss[MM_ANONPAGES] + ps->rss[MM_SHMEMPAGES]);
+#endif
     return 0;
 }
-#endif  // TRACK_USAGE
+#endif  // TRACK_USAGE || GUARD
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
 #ifdef HAVE_GROUP_DEAD
@@ -436,6 +765,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     } else if (flags & F_EXIT_SIGNAL) {
         code = ps->signal;
     }
+#ifdef GUARD
+    guard_exit(ps);
+#endif
     procs.delete(&tgid);
     held.delete(&tgid);  // never placed: its pid must not stop a later process
     struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));

@@ -36,7 +36,8 @@ class AgentdProcess:
         self.log_path = self.workdir / "agentd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None) -> None:
+        # 60 s: bcc compiles the tracker at start, 7-15 s here when the machine is busy.
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [
@@ -67,6 +68,8 @@ class AgentdProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"agentd exited {self.process.returncode}:\n{self.logs()}")
             if time.monotonic() > deadline:
+                # Not left running (with its cgroup root) behind a failed fixture.
+                self.cleanup()
                 raise RuntimeError(f"agentd did not start within {timeout}s:\n{self.logs()}")
             time.sleep(0.02)
         wait_for_socket(self.socket, timeout=timeout)

@@ -276,6 +276,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
         msg.time.FromNanoseconds(int(event.time * 1e9))
         if event.kind == "process":
             msg.process.CopyFrom(convert.process_event_to_pb(event.payload))
+        elif isinstance(event.payload, dict):  # guard_action, oom_kill, ...
+            details = {str(k): str(v) for k, v in event.payload.items()}
+            msg.daemon.CopyFrom(pb.DaemonEvent(kind=event.kind, details=details))
         else:
             tool_call: ToolCall = event.payload
             kind = (

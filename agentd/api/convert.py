@@ -12,7 +12,16 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd.errors import InvalidArgumentError
-from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
+from agentd.model import (
+    Enforcement,
+    ExitStatus,
+    Intent,
+    Priority,
+    Resources,
+    Session,
+    ToolCall,
+    Usage,
+)
 from agentd.tracking.events import ProcEvent
 from agentd.units import UnitError, parse_cpu, parse_size
 from agentd.v1 import agent_pb2 as pb
@@ -162,6 +171,22 @@ def tool_call_to_pb(t: ToolCall, cgroup: str) -> pb.ToolCall:
         leftover_processes_killed=t.leftover_processes_killed,
         cgroup=cgroup,
         launcher_pid=t.launcher_pid,
+        enforcements=[enforcement_to_pb(e) for e in t.enforcements],
+    )
+
+
+def enforcement_to_pb(e: Enforcement) -> pb.Enforcement:
+    return pb.Enforcement(
+        action=e.action,
+        limit=e.limit,
+        limit_value=max(e.limit_value, 0),
+        value=max(e.value, 0),
+        unit=e.unit,
+        pid=e.pid,
+        comm=e.comm,
+        argv=list(e.argv),
+        suggestion=e.suggestion,
+        time=_timestamp(e.time),
     )
 
 

@@ -745,6 +745,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
                             else "exit ?"
                         )
                     print(f"{when} {event.tool_call_id} {kind:<5} {p.pid:>7} {detail}", flush=True)
+                elif event.HasField("daemon"):  # guard_action, oom_kill, ...
+                    d = event.daemon
+                    text = d.details.get("suggestion") or " ".join(
+                        f"{k}={v}" for k, v in sorted(d.details.items())
+                    )
+                    print(f"{when} {event.tool_call_id} {d.kind} {text}", flush=True)
                 else:
                     t = event.tool_call
                     kind = "begun" if t.kind == 1 else "ended"

@@ -1,6 +1,13 @@
 """The agentd SDK: `Client`, sessions and tool calls that feel like `subprocess`."""
 
-from agentd.sdk.client import Client, Session, ToolCallProcess, ToolCallResult, Usage
+from agentd.sdk.client import (
+    Client,
+    Enforcement,
+    Session,
+    ToolCallProcess,
+    ToolCallResult,
+    Usage,
+)
 from agentd.sdk.errors import (
     AgentdError,
     AlreadyExists,
@@ -19,6 +26,7 @@ __all__ = [
     "AlreadyExists",
     "Client",
     "DaemonUnavailable",
+    "Enforcement",
     "FailedPrecondition",
     "HostUnavailable",
     "InvalidArgument",

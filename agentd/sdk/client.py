@@ -84,6 +84,40 @@ def _priority(name: str | None) -> int:
 
 
 @dataclass(frozen=True)
+class Enforcement:
+    """What agentd did because the tool call crossed a bound: `action` ("stopped",
+    "resumed", "killed", "oom_killed", "reported") on `limit` ("memory",
+    "session_memory", "fork_rate", "processes", "oom"), how far (`value` against
+    `limit_value`, in `unit`), which process, and a `suggestion` to act on."""
+
+    action: str
+    limit: str
+    limit_value: int
+    value: int
+    unit: str
+    pid: int
+    comm: str
+    argv: tuple[str, ...]
+    suggestion: str
+    time: float  # seconds since the epoch
+
+    @classmethod
+    def from_pb(cls, e: pb.Enforcement) -> Enforcement:
+        return cls(
+            action=e.action,
+            limit=e.limit,
+            limit_value=e.limit_value,
+            value=e.value,
+            unit=e.unit,
+            pid=e.pid,
+            comm=e.comm,
+            argv=tuple(e.argv),
+            suggestion=e.suggestion,
+            time=e.time.ToNanoseconds() / 1e9,
+        )
+
+
+@dataclass(frozen=True)
 class Usage:
     """What a tool call used; `as_dict()` is the JSON summary agentctl writes."""
 
@@ -99,6 +133,7 @@ class Usage:
     wall_seconds: float
     processes: int
     leftover_processes_killed: int
+    enforcements: tuple[Enforcement, ...] = ()
 
     @classmethod
     def from_pb(cls, t: pb.ToolCall) -> Usage:
@@ -115,6 +150,7 @@ class Usage:
             wall_seconds=t.usage.wall_seconds,
             processes=t.usage.processes,
             leftover_processes_killed=t.leftover_processes_killed,
+            enforcements=tuple(Enforcement.from_pb(e) for e in t.enforcements),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +167,12 @@ class ToolCallResult:
     stderr: Any
     tool_call_id: str
     usage: Usage
+
+    @property
+    def enforcements(self) -> tuple[Enforcement, ...]:
+        """What agentd did to this tool call (stopped, resumed, killed, ...), with
+        suggestions; empty when it ran within its bounds."""
+        return self.usage.enforcements
 
     def check_returncode(self) -> None:
         if self.returncode:

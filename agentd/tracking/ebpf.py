@@ -8,24 +8,31 @@ sums the kernel's loss counters.
 from __future__ import annotations
 
 import ctypes as ct
+import logging
 import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentd.tracking.events import Kind, LossReport, ProcEvent
+from agentd.tracking.events import GuardRecord, Kind, LossReport, ProcEvent
 from agentd.tracking.procinfo import read_argv, read_usage
 from agentd.tracking.source import Sink, SourceUnavailable
 
-EV_FORK, EV_EXEC, EV_EXIT, EV_ARGS = 1, 2, 3, 4
+EV_FORK, EV_EXEC, EV_EXIT, EV_ARGS, EV_GUARD, EV_OOM = 1, 2, 3, 4, 5, 6
 F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED, F_CPU, F_RSS = 1, 2, 4, 8, 16
 F_EXECUTOR = 512
 _EXIT_FIGURES = struct.Struct("=Qq")  # struct exit_event after the header: cpu_ns, peak_rss
+# struct guard_event after the header: value, limit, session_value, session_limit, procs,
+# reason, action
+_GUARD_FIGURES = struct.Struct("=qqqqqII")
 COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted", "held")
 TRACEFS = "/sys/kernel/tracing"
 _PENDING_ARGS_MAX = 4096
+
+log = logging.getLogger("agentd.tracking")
 
 
 class _Header(ct.Structure):
@@ -72,7 +79,11 @@ class EbpfSource:
     can_hold_children = True
 
     def __init__(
-        self, ringbuf_pages: int = 2048, max_procs: int = 65536, usage: bool = True
+        self,
+        ringbuf_pages: int = 2048,
+        max_procs: int = 65536,
+        usage: bool = True,
+        guard: bool = False,
     ) -> None:
         # 2048 pages = 8 MiB: ~150k fork/exit records or ~2k full argv records of slack
         # while the consumer thread is descheduled.
@@ -82,6 +93,10 @@ class EbpfSource:
         # context switch, every RSS counter change); False leaves them out, and exits
         # then carry None for both (docs/tracking.md has their cost).
         self.usage = usage
+        # The in-kernel guards (agentd/enforcement, docs/enforcement.md): their maps and
+        # programs are compiled in, records go to `on_guard` (set before start()).
+        self.guard = guard
+        self.on_guard: Callable[[GuardRecord], None] | None = None
         self.load_seconds = 0.0
         self._bpf: Any = None
         self._sink: Sink | None = None
@@ -103,24 +118,34 @@ class EbpfSource:
         text = bpf_source_path().read_bytes()
         t0 = time.monotonic()
         try:
-            self._bpf = bcc.BPF(
-                text=text,
-                cflags=[
-                    f"-DRINGBUF_PAGES={self.ringbuf_pages}",
-                    f"-DMAX_PROCS={self.max_procs}",
-                    *(["-DTRACK_USAGE"] if self.usage else []),
-                    *(["-DHAVE_GROUP_DEAD"] if _exit_has_group_dead() else []),
-                    "-Wno-macro-redefined",
-                ],
-            )
+            self._bpf = bcc.BPF(text=text, cflags=self._cflags())
         except Exception as e:
-            raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e}") from e
+            if not self.guard:
+                raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e}") from e
+            # Process trees matter more than the guards: without them, not at all.
+            log.warning("the eBPF guards did not load (%s); tracking without them", e)
+            self.guard = False
+            try:
+                self._bpf = bcc.BPF(text=text, cflags=self._cflags())
+            except Exception as e2:
+                raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e2}") from e2
         self.load_seconds = time.monotonic() - t0
         self._sink = sink
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="agentd-ebpf", daemon=True)
         self._thread.start()
+
+    def _cflags(self) -> list[str]:
+        return [
+            f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DMAX_PROCS={self.max_procs}",
+            *(["-DTRACK_USAGE"] if self.usage else []),
+            *(["-DHAVE_GROUP_DEAD"] if _exit_has_group_dead() else []),
+            *(["-DGUARD", f"-DMAX_GUARDS={self.max_procs // 4}"] if self.guard else []),
+            *(["-DOOM_HAS_RSS"] if self.guard and _oom_has_rss() else []),
+            "-Wno-macro-redefined",
+        ]
 
     def stop(self) -> None:
         self._stop.set()
@@ -199,6 +224,10 @@ class EbpfSource:
             return True
         return False
 
+    def table(self, name: str) -> Any:
+        """A BPF map of the loaded program (the guard's maps: agentd.enforcement.maps)."""
+        return self._bpf[name.encode()]
+
     def watched(self) -> dict[int, int]:
         """pid -> key, as the kernel has it now."""
         return {k.value: v.key for k, v in self._bpf[b"procs"].items()}
@@ -233,6 +262,9 @@ class EbpfSource:
             argv = tuple(a.decode(errors="replace") for a in payload.rstrip(b"\0").split(b"\0"))
             self._pending_args[h.ppid] = (argv, bool(h.flags & F_TRUNCATED))
             return 0
+        if h.type in (EV_GUARD, EV_OOM):
+            self._guard_record(h, payload, comm)
+            return 0
         if h.type == EV_FORK:
             ev = ProcEvent(Kind.FORK, h.key, h.pid, h.ts, ppid=h.ppid, comm=comm)
         elif h.type == EV_EXEC:
@@ -263,14 +295,35 @@ class EbpfSource:
         self._sink(ev)
         return 0
 
+    def _guard_record(self, h: _Header, payload: bytes, comm: str) -> None:
+        if self.on_guard is None or len(payload) < _GUARD_FIGURES.size:
+            return
+        value, limit, s_value, s_limit, procs, reason, action = _GUARD_FIGURES.unpack_from(payload)
+        self.on_guard(
+            GuardRecord(
+                kind="guard" if h.type == EV_GUARD else "oom",
+                key=h.key, pid=h.pid, time_ns=h.ts, comm=comm, value=value, limit=limit,
+                session_value=s_value, session_limit=s_limit, processes=procs,
+                reason=reason, action=action, trigger_pid=h.ppid,
+            )
+        )  # fmt: skip
+
+
+def _tracepoint_format(event: str) -> str:
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            return Path(base, "events", event, "format").read_text()
+        except OSError:
+            continue
+    return ""
+
+
+def _oom_has_rss() -> bool:
+    """oom:mark_victim gained comm and the victim's RSS in 6.8; 6.1 reports the pid only."""
+    return "anon_rss" in _tracepoint_format("oom/mark_victim")
+
 
 def _exit_has_group_dead() -> bool:
     """sched_process_exit gained `group_dead` (last thread of its process) after 6.1;
     the BPF program falls back to the thread-group leader's exit without it."""
-    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        try:
-            text = Path(base, "events/sched/sched_process_exit/format").read_text()
-        except OSError:
-            continue
-        return "group_dead" in text
-    return False
+    return "group_dead" in _tracepoint_format("sched/sched_process_exit")

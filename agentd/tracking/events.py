@@ -51,3 +51,26 @@ class LossReport:
     lost: int
     exact: bool
     detail: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardRecord:
+    """What the in-kernel guard reported (eBPF source with the guard compiled in).
+
+    kind "guard": a bound was crossed (`reason`, bits of agentd.enforcement.maps.G_*);
+    kind "oom": the OOM killer chose process `pid` of the tool call `key`.
+    """
+
+    kind: str  # "guard" or "oom"
+    key: int
+    pid: int
+    time_ns: int  # CLOCK_BOOTTIME
+    comm: str
+    value: int  # memory: the tool call's sum (bytes); fork: forks so far; oom: victim RSS
+    limit: int
+    session_value: int
+    session_limit: int
+    processes: int
+    reason: int
+    action: int  # the signal the kernel sent (0: reported only)
+    trigger_pid: int = 0  # oom: whose allocation failed

@@ -50,13 +50,14 @@ class SourceUnavailable(Exception):
     """A source cannot run here; the message says why."""
 
 
-def make_source(name: str, process_usage: bool = True) -> EventSource:
+def make_source(name: str, process_usage: bool = True, guard: bool = False) -> EventSource:
     """`process_usage`: per-process CPU time and peak RSS (eBPF only; costs every
-    context switch and RSS change on the host ~150-250 ns, see docs/tracking.md)."""
+    context switch and RSS change on the host ~150-250 ns, see docs/tracking.md).
+    `guard`: compile the in-kernel guards in (eBPF only; docs/enforcement.md)."""
     if name == "ebpf":
         from agentd.tracking.ebpf import EbpfSource
 
-        return EbpfSource(usage=process_usage)
+        return EbpfSource(usage=process_usage, guard=guard)
     if name == "netlink":
         from agentd.tracking.netlink import NetlinkSource
 
@@ -69,14 +70,14 @@ def make_source(name: str, process_usage: bool = True) -> EventSource:
 
 
 def choose_source(
-    sink: Sink, prefer: str = "auto", process_usage: bool = True
+    sink: Sink, prefer: str = "auto", process_usage: bool = True, guard: bool = False
 ) -> tuple[EventSource, str]:
     """Start the best source that works here; returns it and the reason for the choice.
 
     `prefer` names a source to use (no fallback: a misconfiguration should fail
     loudly) or "auto"."""
     if prefer != "auto":
-        source = make_source(prefer, process_usage)
+        source = make_source(prefer, process_usage, guard)
         source.start(sink)
         return source, f"{prefer}: configured"
     why_not: list[str] = []
@@ -85,7 +86,7 @@ def choose_source(
             why_not.append(f"{name}: needs root")
             continue
         try:
-            source = make_source(name, process_usage)
+            source = make_source(name, process_usage, guard)
             source.start(sink)
         except Exception as e:
             # Anything a source raises while starting means "not here"; say what.

@@ -77,9 +77,13 @@ class Tracker:
         self._root_exit_handler: Callable[[str, int | None, int | None], None] | None = None
 
     @classmethod
-    def start(cls, prefer: str = "auto", process_usage: bool = True, **kwargs: Any) -> Tracker:
+    def start(
+        cls, prefer: str = "auto", process_usage: bool = True, guard: bool = False, **kwargs: Any
+    ) -> Tracker:
         tracker = cls(**kwargs)
-        tracker.source, tracker.reason = choose_source(tracker._on_event, prefer, process_usage)
+        tracker.source, tracker.reason = choose_source(
+            tracker._on_event, prefer, process_usage, guard
+        )
         return tracker
 
     def stop(self) -> None:
@@ -153,6 +157,15 @@ class Tracker:
         return tree
 
     # ---- reading -----------------------------------------------------------------
+
+    def key_of(self, tool_call_id: str) -> int | None:
+        """The kernel key of a tracked tool call (what the guard's maps are keyed by)."""
+        tree = self._by_id.get(tool_call_id)
+        return tree.key if tree is not None else None
+
+    def tool_call_of(self, key: int) -> str | None:
+        tree = self._by_key.get(key)
+        return tree.tool_call_id if tree is not None else None
 
     def tree(self, tool_call_id: str) -> ProcessTree | None:
         """The live tree object; read it under `locked()` or use snapshot()."""

@@ -130,6 +130,9 @@ def test_bad_configuration_is_refused_with_the_key_named(tmp_path):
     daemon.cleanup()
 
 
+# The cgroup limit alone (the backstop): the memory guard only reports here, instead of
+# stopping at the intent and granting from the session (tests/integration/test_guards.py).
+@pytest.mark.agentd_config('[guard]\nmemory_action = "report"\n')
 def test_agentctl_run_status_and_summary(agentd, tmp_path):
     summary = tmp_path / "summary.json"
     done = agentctl(

@@ -12,6 +12,9 @@ from agentd.sdk import InvalidArgument, ToolCallTimeout
 from agentd.sdk.aio import AsyncClient
 
 
+# The cgroup limit alone (the backstop): the memory guard only reports here, instead of
+# stopping at the intent and granting from the session (tests/integration/test_guards.py).
+@pytest.mark.agentd_config('[guard]\nmemory_action = "report"\n')
 def test_async_tool_calls_run_concurrently_in_their_own_groups(agentd):
     async def main() -> None:
         async with AsyncClient(agentd.socket) as client:

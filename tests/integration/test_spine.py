@@ -38,6 +38,9 @@ def settled_groups(agentd, session: str) -> list[str]:
     raise AssertionError(f"groups of {session} never settled: {previous}")
 
 
+# The cgroup limit alone (the backstop): the memory guard only reports here, instead of
+# stopping at the intent and granting from the session (tests/integration/test_guards.py).
+@pytest.mark.agentd_config('[guard]\nmemory_action = "report"\n')
 def test_memory_limit_kills_only_the_offending_tool_call(agentd):
     with agentd.client() as client, client.session("oom", memory="1G") as session:
         sibling = session.start(

@@ -144,9 +144,17 @@ def wait_active(unit: str, timeout: float = START_TIMEOUT) -> None:
 # ---- fixtures -----------------------------------------------------------------------
 
 
+# The v2 limit tests check the cgroup limits themselves: the memory guard only reports
+# there; test_memory_guard_stops_and_resumes switches it to stopping (docs/enforcement.md).
+CONFIG = Path("/etc/agentd/agentd.toml")
+CONFIG_LIMITS_ONLY = '[guard]\nmemory_action = "report"\n'
+
+
 @pytest.fixture(scope="module")
 def units() -> Iterator[None]:
     """Install and start the shipped units exactly as README says."""
+    CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    CONFIG.write_text(CONFIG_LIMITS_ONLY)
     for src in sorted(UNITS_SRC.glob("agentd*.service")):
         shutil.copy(src, UNITS_DST / src.name)
     systemctl("daemon-reload")
@@ -370,6 +378,56 @@ def test_freeze_and_thaw_a_tool_call(client: Client) -> None:
             process.kill()
             result = process.wait(30)
     assert result.returncode == -signal.SIGKILL
+
+
+# ---- the in-kernel memory guard -------------------------------------------------------
+
+GROWER = """
+import time
+held = []
+while len(held) < 20:
+    held.append(b"\\1" * (8 << 20))
+    print(len(held) * 8, flush=True)
+time.sleep(0.2)
+"""
+
+
+def test_memory_guard_stops_and_resumes(client: Client) -> None:
+    """On cgroup v2 and kernel 6.1: a tool call whose intent is 64M grows to 160M in 8M
+    blocks; the guard stops it inside the block that crossed, the session has room, the
+    daemon grants more (memory.max of its group follows) and it runs to its end."""
+    CONFIG.write_text('[guard]\nmemory_action = "stop"\n')
+    systemctl("restart", "agentd")
+    wait_active("agentd")
+    try:
+        with Client(SOCKET) as c, c.session("guard", memory="512M") as session:
+            process = session.start([PY, "-c", GROWER], memory="64M", stdout=subprocess.PIPE)
+            group = group_of(session.id, process.tool_call_id)
+            # The cgroup's limit is the backstop, 25% above the guard's.
+            assert (group / "memory.max").read_text().strip() == str(80 * MiB)
+            maxima = set()
+            while process.popen.poll() is None:
+                with contextlib.suppress(OSError):
+                    maxima.add(int((group / "memory.max").read_text()))
+                time.sleep(0.05)
+            result = process.finish(process.popen.stdout.read(), None)
+        assert result.returncode == 0, (result, journal())
+        assert result.stdout.split()[-1] == b"160"
+        stops = [e for e in result.enforcements if e.action == "stopped"]
+        resumes = [e for e in result.enforcements if e.action == "resumed"]
+        assert stops and len(stops) == len(resumes), result.enforcements
+        over = stops[0].value - 64 * MiB
+        print(
+            f"v2 guard: first stop {over} bytes over 64M; limits granted: "
+            f"{[r.limit_value >> 20 for r in resumes]} MiB; memory.max seen {sorted(maxima)}"
+        )
+        assert 0 < over < 8 * MiB, over
+        assert resumes[-1].limit_value >= 160 * MiB
+        assert max(maxima) > 80 * MiB, maxima  # the grant raised the group's memory.max
+    finally:
+        CONFIG.write_text(CONFIG_LIMITS_ONLY)
+        systemctl("restart", "agentd")
+        wait_active("agentd")
 
 
 # ---- process tracking ---------------------------------------------------------------

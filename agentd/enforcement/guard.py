@@ -1,0 +1,447 @@
+"""The guard service: per tool call limits into the kernel, the kernel's records out,
+the policy's decisions carried out (docs/enforcement.md).
+
+Threads: `on_record` runs on the eBPF source's thread and only queues; one worker
+thread handles records and re-decides for stopped tool calls every TICK_SECONDS. The
+manager calls group_limits/begin/end under its own lock; the guard never calls back
+into the manager, so there is no lock order to get wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from agentd.cgroups.base import CgroupBackend, CgroupError, GroupLimits
+from agentd.enforcement import feedback
+from agentd.enforcement.guard_policy import (
+    MemoryCrossing,
+    PolicySettings,
+    Verdict,
+    deadlocked,
+    decide_memory,
+    suggested_memory,
+)
+from agentd.enforcement.maps import (
+    G_FORK_MASK,
+    G_FORK_RATE,
+    G_MEMORY,
+    G_PIDS_MAX,
+    G_SESSION,
+    GF_KILL_FORK,
+    GF_STOP_FORK,
+    GF_STOP_MEMORY,
+    GuardLimit,
+    GuardMaps,
+)
+from agentd.enforcement.metrics import GUARD_ACTIONS, OOM_KILLS_ATTRIBUTED
+from agentd.events import Event, EventBus
+from agentd.model import Enforcement, Session, ToolCall
+from agentd.tracking.events import GuardRecord
+from agentd.tracking.tracker import Tracker
+
+log = structlog.get_logger("agentd.guard")
+
+TICK_SECONDS = 0.1
+#: How long EndToolCall waits for the kernel's OOM record when memory.oom_control /
+#: memory.events counted a kill the guard has not attributed yet.
+OOM_RECORD_WAIT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    memory_action: str = "stop"  # "stop": SIGSTOP in the kernel; "report": record only
+    memory_headroom: float = 0.25  # the cgroup's limit sits this far above the guard's
+    fork_rate: int = 1000  # forks per second per tool call (0 = unbounded)
+    fork_burst: int = 500
+    max_processes: int = 2048  # live processes per tool call (0 = unbounded)
+    fork_refusals: int = 256  # forks refused at pids.max before it trips (0 = never)
+    fork_action: str = "stop"  # "stop" or "kill" the processes that fork once tripped
+    policy: PolicySettings = field(default_factory=PolicySettings)
+
+
+@dataclass
+class _Guarded:
+    tool_call: ToolCall
+    key: int
+    session_key: int
+    session_budget: int
+    limit: GuardLimit
+    # While stopped and waiting for a decision: since when (monotonic), what crossed.
+    stopped_since: float | None = None
+    crossing: GuardRecord | None = None
+    ooms: int = 0
+    intent: int = 0  # the intent's memory_max (limit may have been raised since)
+
+
+class Guard:
+    def __init__(
+        self,
+        settings: GuardSettings,
+        maps: GuardMaps,
+        tracker: Tracker,
+        backend: CgroupBackend,
+        bus: EventBus,
+    ) -> None:
+        self.settings = settings
+        self.maps = maps
+        self.tracker = tracker
+        self.backend = backend
+        self.bus = bus
+        self._lock = threading.Condition()
+        self._by_key: dict[int, _Guarded] = {}
+        self._by_id: dict[str, _Guarded] = {}
+        self._sessions: dict[str, list[int]] = {}  # session id -> [key, guarded tool calls]
+        self._session_keys = iter(range(1, 2**63))
+        self._records: queue.SimpleQueue[GuardRecord] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="agentd-guard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def on_record(self, record: GuardRecord) -> None:
+        """From the eBPF source's thread: hand over, never block."""
+        self._records.put(record)
+
+    # ---- called by the manager ----------------------------------------------------
+
+    def group_limits(self, limits: GroupLimits) -> GroupLimits:
+        """The cgroup limit is the backstop above the guard: the kernel charges page
+        cache and kernel memory the guard does not sum, and must not OOM-kill before the
+        guard has stopped the process and the daemon decided."""
+        if self.settings.memory_action != "stop" or not limits.memory_max:
+            return limits
+        return replace(limits, memory_max=self._backstop(limits.memory_max))
+
+    def begin(self, tool_call: ToolCall, session: Session, pids: list[int]) -> None:
+        key = self.tracker.key_of(tool_call.id)
+        if key is None:
+            return
+        s = self.settings
+        flags = GF_STOP_MEMORY if s.memory_action == "stop" else 0
+        flags |= GF_KILL_FORK if s.fork_action == "kill" else GF_STOP_FORK
+        budget = session.budget.memory_max or 0
+        if s.memory_action == "stop":
+            # The session's cgroup limit is its budget and charges page cache and kernel
+            # memory too: the guard stops its tool calls while there is still that much
+            # headroom, so that it acts before the session's OOM killer.
+            budget = math.floor(budget / (1 + s.memory_headroom))
+        with self._lock:
+            entry = self._sessions.get(session.id)
+            if entry is None:
+                entry = self._sessions[session.id] = [next(self._session_keys), 0]
+                self.maps.add_session(entry[0], budget)
+            entry[1] += 1
+            limit = GuardLimit(
+                memory=tool_call.limits.memory_max or 0,
+                session=entry[0],
+                fork_rate=s.fork_rate,
+                fork_burst=s.fork_burst,
+                max_processes=s.max_processes,
+                fork_refusals=s.fork_refusals,
+                flags=flags,
+            )
+            guarded = _Guarded(tool_call, key, entry[0], budget, limit, intent=limit.memory)
+            self._by_key[key] = guarded
+            self._by_id[tool_call.id] = guarded
+            self.maps.add_tool_call(key, limit, max(len(pids), 1))
+
+    def end(self, tool_call: ToolCall, oom_kills: int = 0) -> None:
+        """The tool call ended (its processes are gone): forget it in the kernel. If the
+        cgroup counted OOM kills the kernel's records have not yet explained, wait a
+        little for them, so that the result names the victim."""
+        deadline = time.monotonic() + OOM_RECORD_WAIT_SECONDS
+        with self._lock:
+            guarded = self._by_id.get(tool_call.id)
+            if guarded is None:
+                return
+            while guarded.ooms < oom_kills and time.monotonic() < deadline:
+                self._lock.wait(0.02)
+            del self._by_id[tool_call.id]
+            self._by_key.pop(guarded.key, None)
+            self.maps.remove_tool_call(guarded.key)
+            entry = self._sessions.get(tool_call.session_id)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    self.maps.remove_session(entry[0])
+                    del self._sessions[tool_call.session_id]
+
+    def state(self, tool_call_id: str) -> dict[str, int] | None:
+        """The kernel's figures for a guarded tool call (tests, agentctl)."""
+        with self._lock:
+            guarded = self._by_id.get(tool_call_id)
+        if guarded is None:
+            return None
+        st = self.maps.state(guarded.key)
+        if st is None:
+            return None
+        return {
+            "memory": st.memory,
+            "peak": st.peak,
+            "processes": st.processes,
+            "forks": st.forks,
+            "signals": st.signals,
+            "limit": guarded.limit.memory,
+            "session_used": self.maps.session_used(guarded.session_key),
+        }
+
+    # ---- the worker ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                record = self._records.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                record = None
+            try:
+                if record is not None:
+                    self._handle(record)
+                self._tick()
+            except Exception:
+                log.exception("guard.failed")
+
+    def _handle(self, record: GuardRecord) -> None:
+        with self._lock:
+            guarded = self._by_key.get(record.key)
+        if guarded is None:
+            return  # ended meanwhile
+        if record.kind == "oom":
+            self._on_oom(guarded, record)
+        elif record.reason & G_FORK_MASK:
+            self._on_fork(guarded, record)
+        else:
+            self._on_memory(guarded, record)
+
+    def _tick(self) -> None:
+        with self._lock:
+            waiting = [g for g in self._by_key.values() if g.stopped_since is not None]
+            sessions = {
+                g.tool_call.session_id: self._sessions.get(g.tool_call.session_id) for g in waiting
+            }
+        for session_id, entry in sessions.items():
+            mine = {g.tool_call.id: g for g in waiting if g.tool_call.session_id == session_id}
+            since = {i: g.stopped_since or 0.0 for i, g in mine.items()}
+            victim = deadlocked(since, entry[1] if entry else 0)
+            if victim is not None:
+                log.info("guard.deadlock", session=session_id, given_up=victim, waiting=len(mine))
+                self._decide_memory(mine[victim], give_up=True)
+        for guarded in waiting:
+            self._decide_memory(guarded)
+
+    # ---- memory ----------------------------------------------------------------------
+
+    def _on_memory(self, guarded: _Guarded, record: GuardRecord) -> None:
+        comm, argv = self._process(guarded, record.pid, record.comm)
+        limit = guarded.limit.memory
+        if not record.action:
+            GUARD_ACTIONS.labels(kind="memory_report").inc()
+            self._record(
+                guarded, feedback.memory_reported(record.value, limit, record.pid, comm, argv)
+            )
+            return
+        GUARD_ACTIONS.labels(kind="memory_stop").inc()
+        log.info(
+            "guard.memory_stopped", tool_call=guarded.tool_call.id, pid=record.pid,
+            value=record.value, limit=limit, session_used=record.session_value,
+        )  # fmt: skip
+        self._record(
+            guarded,
+            feedback.memory_stopped(record.value, limit, record.pid, comm, argv, guarded.intent),
+        )
+        guarded.crossing = record
+        guarded.stopped_since = time.monotonic()
+        self._decide_memory(guarded)
+
+    def _decide_memory(self, guarded: _Guarded, give_up: bool = False) -> None:
+        record = guarded.crossing
+        st = self.maps.state(guarded.key)
+        if record is None or guarded.stopped_since is None or st is None:
+            return
+        settings = self.settings.policy
+        crossing = MemoryCrossing(
+            value=st.memory,
+            limit=guarded.limit.memory,
+            session_used=self.maps.session_used(guarded.session_key),
+            session_budget=guarded.session_budget,
+            waited_seconds=math.inf if give_up else time.monotonic() - guarded.stopped_since,
+        )
+        decision = decide_memory(crossing, settings)
+        if decision.verdict is Verdict.WAIT:
+            return
+        comm, argv = self._process(guarded, record.pid, record.comm)
+        tool_call = guarded.tool_call
+        guarded.stopped_since = None
+        if decision.verdict is Verdict.GRANT:
+            old = guarded.limit.memory
+            self._grant(guarded, decision.new_limit)
+            GUARD_ACTIONS.labels(kind="memory_grant").inc()
+            log.info(
+                "guard.memory_granted", tool_call=tool_call.id, old=old, new=decision.new_limit
+            )
+            self._record(
+                guarded,
+                feedback.memory_resumed(
+                    crossing.value, old, decision.new_limit, record.pid, comm, argv, guarded.intent
+                ),
+            )
+            return
+        session_only = record.reason & G_SESSION and not record.reason & G_MEMORY
+        enforcement = feedback.memory_killed(
+            "session_memory" if session_only else "memory",
+            crossing.value,
+            crossing.limit,
+            suggested_memory(max(crossing.value, st.peak), settings),
+            crossing.session_used,
+            crossing.session_budget,
+            record.pid,
+            comm,
+            argv,
+            guarded.intent,
+        )
+        GUARD_ACTIONS.labels(kind="memory_kill").inc()
+        log.info("guard.memory_killed", tool_call=tool_call.id, value=crossing.value)
+        self._record(guarded, enforcement)
+        self._kill(tool_call)
+
+    def _grant(self, guarded: _Guarded, new_limit: int) -> None:
+        """New limit into the kernel (clears the trip), the cgroup's backstop raised,
+        then the stopped processes continued."""
+        tool_call = guarded.tool_call
+        guarded.limit = replace(guarded.limit, memory=new_limit)
+        try:
+            self.backend.set_limits(
+                tool_call.cgroup_rel, GroupLimits(memory_max=self._backstop(new_limit))
+            )
+        except CgroupError as e:
+            log.warning("guard.cgroup_limit_failed", tool_call=tool_call.id, error=str(e))
+        self.maps.set_limit(guarded.key, guarded.limit)
+        tool_call.limits = replace(tool_call.limits, memory_max=new_limit)
+        self._signal_group(tool_call, signal.SIGCONT)
+
+    def _backstop(self, limit: int) -> int:
+        return math.ceil(limit * (1 + self.settings.memory_headroom))
+
+    # ---- forks -------------------------------------------------------------------------
+
+    def _on_fork(self, guarded: _Guarded, record: GuardRecord) -> None:
+        comm, argv = self._process(guarded, record.pid, record.comm)
+        s = self.settings
+        GUARD_ACTIONS.labels(
+            kind="fork_kill" if record.action == signal.SIGKILL else "fork_stop"
+        ).inc()
+        if record.reason & G_FORK_RATE:
+            seconds = self._age_seconds(guarded, record.time_ns)
+            value = round(record.value / seconds) if seconds > 0 else record.value
+            enforcement = feedback.fork_killed(
+                "fork_rate", value, s.fork_rate, record.pid, comm, argv
+            )
+        elif record.reason & G_PIDS_MAX:
+            pids_max = guarded.tool_call.limits.pids_max or 0
+            enforcement = feedback.fork_killed(
+                "pids_max", record.value, pids_max, record.pid, comm, argv
+            )
+        else:
+            enforcement = feedback.fork_killed(
+                "processes", record.processes, s.max_processes, record.pid, comm, argv
+            )
+        log.info(
+            "guard.fork_bomb", tool_call=guarded.tool_call.id, pid=record.pid,
+            forks=record.value, processes=record.processes,
+        )  # fmt: skip
+        self._record(guarded, enforcement)
+        self._kill(guarded.tool_call)
+
+    def _age_seconds(self, guarded: _Guarded, time_ns: int) -> float:
+        """From the tool call's first process to the record (both CLOCK_BOOTTIME)."""
+        with self.tracker.locked():
+            tree = self.tracker.tree(guarded.tool_call.id)
+            start = tree.root.start_ns if tree is not None and tree.root is not None else 0
+        if not start or time_ns <= start:
+            return max(time.time() - guarded.tool_call.started_at, 1e-3)
+        return (time_ns - start) / 1e9
+
+    # ---- OOM ---------------------------------------------------------------------------
+
+    def _on_oom(self, guarded: _Guarded, record: GuardRecord) -> None:
+        comm, argv = self._process(guarded, record.pid, record.comm)
+        limit = guarded.tool_call.limits.memory_max or 0
+        # 6.1's mark_victim has no sizes: the tool call's sum is the next best figure.
+        value = record.value or record.session_value
+        enforcement = feedback.oom_killed(
+            value,
+            limit,
+            suggested_memory(max(value, limit), self.settings.policy),
+            record.pid,
+            comm,
+            argv,
+        )
+        OOM_KILLS_ATTRIBUTED.inc()
+        GUARD_ACTIONS.labels(kind="oom_kill").inc()
+        log.info("guard.oom_kill", tool_call=guarded.tool_call.id, pid=record.pid, comm=comm)
+        self._record(guarded, enforcement, kind="oom_kill")
+        with self._lock:
+            guarded.ooms += 1
+            self._lock.notify_all()
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _process(self, guarded: _Guarded, pid: int, comm: str) -> tuple[str, tuple[str, ...]]:
+        """comm and argv of `pid` from the tool call's process tree (the kernel's record
+        has the comm only, and not on every kernel)."""
+        with self.tracker.locked():
+            tree = self.tracker.tree(guarded.tool_call.id)
+            nodes = tree.find(pid) if tree is not None else []
+            if nodes:
+                node = nodes[-1]
+                return comm or node.comm, tuple(node.argv or ())
+        return comm, ()
+
+    def _record(
+        self, guarded: _Guarded, enforcement: Enforcement, kind: str = "guard_action"
+    ) -> None:
+        tool_call = guarded.tool_call
+        tool_call.enforcements.append(enforcement)
+        self.bus.publish(
+            Event(
+                session_id=tool_call.session_id,
+                tool_call_id=tool_call.id,
+                owner_uid=tool_call.owner_uid,
+                kind=kind,
+                payload=feedback.event_details(enforcement),
+            )
+        )
+
+    def _kill(self, tool_call: ToolCall) -> None:
+        """The whole group, at once (freezer or cgroup.kill): a fork bomb cannot outrun
+        it, and stopped processes die too."""
+        try:
+            self.backend.kill(tool_call.cgroup_rel)
+        except CgroupError as e:
+            log.warning("guard.kill_failed", tool_call=tool_call.id, error=str(e))
+
+    def _signal_group(self, tool_call: ToolCall, sig: int) -> None:
+        try:
+            pids = self.backend.procs(tool_call.cgroup_rel, recursive=True)
+        except CgroupError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
