@@ -39,7 +39,9 @@ from agentd.events import Event, EventBus
 from agentd.executors import Executors
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
+from agentd.metrics import build_collector
 from agentd.model import Resources
+from agentd.predictor import load_predictor
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
@@ -194,6 +196,12 @@ class Daemon:
         bus = EventBus()
         manager = Manager(backend, store, node, tracker=tracker, bus=bus)
         recovered = manager.recover()
+        # Interference metrics and the dataset (docs/metrics.md); the predictor reads
+        # the collector's node window (self.collector.node_window()).
+        self.collector = build_collector(cfg, backend, bus)
+        if self.collector is not None:
+            self.collector.start()
+        self.predictor = load_predictor(cfg)
         if tracker is not None:
             threading.Thread(
                 target=forward_process_events,
@@ -240,6 +248,7 @@ class Daemon:
             groups.join(2.0)
             # Each step on its own: one failing must not keep the others from running.
             for step in (
+                self.collector.stop if self.collector is not None else lambda: None,
                 manager.remove_pending,
                 lambda: manager.save_trees(now=float("inf")),  # needs the tracker alive
                 tracker.stop if tracker is not None else lambda: None,

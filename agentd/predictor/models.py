@@ -1,0 +1,202 @@
+"""Slowdown models, all with one interface: fit on feature rows, predict a slowdown
+and an interval (by default the 10th-90th percentile, an 80% interval).
+
+The learned models predict log(slowdown) so that "twice as slow" and "half the
+extra time" are symmetric errors, and clip at 1 (a tool call is never faster than
+alone, by definition of its solo baseline; measured faster runs are noise).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agentd.predictor.features import FEATURE_NAMES
+
+Array = NDArray[np.float64]
+QUANTILES = (0.1, 0.9)
+
+#: The PSI columns: "linear on PSI" uses only these.
+PSI_COLUMNS = [
+    FEATURE_NAMES.index(n)
+    for n in ("psi_cpu_some", "psi_memory_some", "psi_memory_full", "psi_io_some", "psi_io_full")
+]
+
+
+class SlowdownModel(Protocol):
+    name: str
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None: ...
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        """(slowdown, low, high), each of shape (n,)."""
+        ...
+
+
+def _residual_bounds(residuals: Array) -> tuple[float, float]:
+    if residuals.size == 0:
+        return 0.0, 0.0
+    low, high = np.quantile(residuals, QUANTILES)
+    return float(low), float(high)
+
+
+class NoSlowdown:
+    """Baseline: every call runs as fast as alone."""
+
+    name = "no-slowdown"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        self._low, self._high = _residual_bounds(np.log(y))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        ones = np.ones(len(x))
+        return ones, np.exp(self._low) * ones, np.exp(self._high) * ones
+
+
+class ClassMean:
+    """Baseline: the mean slowdown the class saw in training (all classes' mean for a
+    class never seen)."""
+
+    name = "class-mean"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        logs = np.log(y)
+        self._overall = float(logs.mean()) if len(logs) else 0.0
+        self._means: dict[str, float] = {}
+        for cls in set(classes):
+            mask = np.array([c == cls for c in classes])
+            self._means[cls] = float(logs[mask].mean())
+        fitted = np.array([self._means[c] for c in classes])
+        self._low, self._high = _residual_bounds(logs - fitted)
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = np.array([self._means.get(c, self._overall) for c in classes])
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class PsiLinear:
+    """Baseline: least squares on the node's PSI fractions only."""
+
+    name = "psi-linear"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import LinearRegression
+
+        self._model = LinearRegression().fit(x[:, PSI_COLUMNS], np.log(y))
+        self._low, self._high = _residual_bounds(np.log(y) - self._model.predict(x[:, PSI_COLUMNS]))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(x[:, PSI_COLUMNS])
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class RidgeModel:
+    """Linear on all features (standardized), L2-regularized."""
+
+    name = "ridge"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self._model = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(x, np.log(y))
+        self._low, self._high = _residual_bounds(np.log(y) - self._model.predict(x))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(x)
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class OnlineSGD:
+    """An online learner: one pass of SGD over the records in time order, as the
+    daemon would see them (partial_fit per record), on standardized features."""
+
+    name = "online-sgd"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import SGDRegressor
+        from sklearn.preprocessing import StandardScaler
+
+        self._scaler = StandardScaler()
+        self._model = SGDRegressor(
+            loss="huber", epsilon=0.2, alpha=1e-3, learning_rate="invscaling", eta0=0.02
+        )
+        logs = np.log(y)
+        residuals = []
+        for i in range(len(x)):
+            row = x[i : i + 1]
+            self._scaler.partial_fit(row)
+            scaled = self._scaler.transform(row)
+            if i > 0:  # prequential: the residual before learning from the row
+                residuals.append(logs[i] - float(self._model.predict(scaled)[0]))
+            self._model.partial_fit(scaled, logs[i : i + 1])
+        self._low, self._high = _residual_bounds(np.array(residuals))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(self._scaler.transform(x))
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class GradientBoosting:
+    """Histogram gradient-boosted trees for the median and the two quantiles."""
+
+    name = "gbt"
+
+    def __init__(self, max_iter: int = 150) -> None:
+        self._max_iter = max_iter
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        def quantile(q: float) -> HistGradientBoostingRegressor:
+            return HistGradientBoostingRegressor(
+                loss="quantile",
+                quantile=q,
+                max_iter=self._max_iter,
+                learning_rate=0.08,
+                max_leaf_nodes=15,
+                min_samples_leaf=8,
+                l2_regularization=1.0,
+            ).fit(x, np.log(y))
+
+        self._mid = quantile(0.5)
+        self._low = quantile(QUANTILES[0])
+        self._high = quantile(QUANTILES[1])
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        return _bounded(self._mid.predict(x), self._low.predict(x), self._high.predict(x))
+
+
+def _bounded(mid: Array, low: Array, high: Array) -> tuple[Array, Array, Array]:
+    """From log space to slowdowns >= 1, with low <= mid <= high."""
+    mid_s = np.maximum(np.exp(mid), 1.0)
+    low_s = np.minimum(np.maximum(np.exp(low), 1.0), mid_s)
+    high_s = np.maximum(np.exp(high), mid_s)
+    return mid_s, low_s, high_s
+
+
+LEARNED: dict[str, type] = {
+    "gbt": GradientBoosting,
+    "ridge": RidgeModel,
+    "online-sgd": OnlineSGD,
+}
+BASELINES: dict[str, type] = {
+    "no-slowdown": NoSlowdown,
+    "psi-linear": PsiLinear,
+    "class-mean": ClassMean,
+}
+
+
+def psi_rule(psi_cpu: float, psi_mem_some: float, psi_io_some: float) -> tuple[float, float, float]:
+    """The fallback when no model is trained: a transparent rule, not fitted.
+
+    A task that wants the CPU waits about as often as others already do (PSI cpu
+    some is the share of time someone runnable waited); memory and I/O stalls add
+    their share. The interval widens with the pressure the rule cannot explain.
+    """
+    extra = psi_cpu + psi_mem_some + 0.5 * psi_io_some
+    mid = 1.0 + extra
+    return mid, 1.0, 1.0 + 2.0 * extra + 0.1
