@@ -81,6 +81,7 @@ class DefaultsConfig:
 class CollectorConfig:
     enabled: bool  # sample interference metrics (docs/metrics.md)
     period_ms: int  # sampling period
+    detail_period_ms: int  # period of the costlier sources (memory.stat, schedstat, ...)
     window_seconds: float  # how much node history the ring keeps
     max_groups: int  # tool calls sampled at once; more are counted, not sampled
     dataset: bool  # record every finished tool call in <state_dir>/dataset.sqlite
@@ -102,7 +103,12 @@ class Config:
     defaults: DefaultsConfig
     source: Path | None  # the file that was read, None when there was none
     collector: CollectorConfig = CollectorConfig(
-        enabled=True, period_ms=100, window_seconds=60.0, max_groups=512, dataset=True
+        enabled=True,
+        period_ms=100,
+        detail_period_ms=500,
+        window_seconds=60.0,
+        max_groups=512,
+        dataset=True,
     )
     predictor: PredictorConfig = PredictorConfig(
         model=None, window_seconds=2.0, solo_max_other_cores=0.5
@@ -296,6 +302,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     "collector": {
         "enabled": (True, _bool),
         "period_ms": (100, _int_range(10, 60_000)),
+        "detail_period_ms": (500, _int_range(10, 600_000)),
         "window_seconds": (60, _positive_seconds),
         "max_groups": (512, _int_range(1, 100_000)),
         "dataset": (True, _bool),

@@ -9,7 +9,8 @@ from agentd.config import Config
 from agentd.events import EventBus
 from agentd.metrics.collector import Collector, CollectorSettings
 from agentd.metrics.dataset import DATASET_FILE, Dataset
-from agentd.metrics.sources import ProcNodeSource, group_sources
+from agentd.metrics.reader import CachedReader
+from agentd.metrics.sources import group_sources, node_sources
 from agentd.metrics.window import NodeWindow
 
 __all__ = ["Collector", "CollectorSettings", "Dataset", "NodeWindow", "build_collector"]
@@ -26,9 +27,11 @@ def build_collector(cfg: Config, backend: CgroupBackend, bus: EventBus) -> Colle
         return None
     settings = CollectorSettings(
         period_seconds=c.period_ms / 1000,
+        detail_period_seconds=max(c.detail_period_ms, c.period_ms) / 1000,
         window_seconds=c.window_seconds,
         before_seconds=cfg.predictor.window_seconds,
         max_groups=c.max_groups,
     )
     dataset = Dataset(dataset_path(cfg)) if c.dataset else None
-    return Collector([ProcNodeSource()], group_sources(backend), settings, dataset, bus)
+    reader = CachedReader()
+    return Collector(node_sources(reader), group_sources(backend, reader), settings, dataset, bus)

@@ -46,6 +46,7 @@ UNTRACKED = Counter(
 @dataclass(frozen=True)
 class CollectorSettings:
     period_seconds: float = 0.1
+    detail_period_seconds: float = 0.5  # detail sources (memory.stat, schedstat, ...)
     window_seconds: float = 60.0  # node ring length
     group_window_samples: int = 50  # ring length per tool call and per session
     before_seconds: float = 2.0  # the node window a record keeps from before the call
@@ -81,6 +82,13 @@ class Collector:
         self.settings = settings
         self._node_sources = node_sources
         self._group_sources = group_sources
+        self._fast_node = [s for s in node_sources if not s.detail]
+        self._fast_groups = [s for s in group_sources if not s.detail]
+        # Aggregates (the sessions group, each session) never read per-process sources.
+        self._aggregate_sources = [s for s in group_sources if not s.per_process]
+        self._fast_aggregate = [s for s in self._aggregate_sources if not s.detail]
+        self._detail_every = max(1, round(settings.detail_period_seconds / settings.period_seconds))
+        self._ticks = 0
         self._dataset = dataset
         self._clock = clock
         capacity = max(2, round(settings.window_seconds / settings.period_seconds))
@@ -141,8 +149,10 @@ class Collector:
     def tick(self) -> None:
         """Take one sample of everything tracked (called by the thread; tests call it)."""
         now = self._clock()
-        node = self._sample_node()
-        sessions = self._sample_group(SESSIONS_REL)
+        full = self._ticks % self._detail_every == 0
+        self._ticks += 1
+        node = self._sample_node(full)
+        sessions = self._sample_group(SESSIONS_REL, aggregate=True, full=full)
         with self._lock:
             self._node.append(now, node)
             if sessions is not None:
@@ -151,7 +161,7 @@ class Collector:
             session_ids = {t.tool_call.session_id for _, t in tracked}
         running = len(tracked)
         for session_id in session_ids:
-            sample = self._sample_group(f"{SESSIONS_REL}/{session_id}")
+            sample = self._sample_group(f"{SESSIONS_REL}/{session_id}", aggregate=True, full=full)
             if sample is not None:
                 with self._lock:
                     ring = self._session_rings.setdefault(
@@ -159,7 +169,7 @@ class Collector:
                     )
                     ring.append(now, sample)
         for _, t in tracked:
-            sample = self._sample_group(t.tool_call.cgroup_rel)
+            sample = self._sample_group(t.tool_call.cgroup_rel, full=full)
             if sample is None:
                 continue
             with self._lock:
@@ -169,22 +179,29 @@ class Collector:
                     if key in sample:
                         t.peaks[key] = max(t.peaks.get(key, 0.0), sample[key])
         with self._lock:
-            for session_id in list(self._session_rings):
-                if session_id not in session_ids:
-                    del self._session_rings[session_id]
+            gone = [s for s in self._session_rings if s not in session_ids]
+            for session_id in gone:
+                del self._session_rings[session_id]
+        for session_id in gone:
+            for source in self._aggregate_sources:
+                source.forget(f"{SESSIONS_REL}/{session_id}")
 
-    def _sample_node(self) -> Sample:
+    def _sample_node(self, full: bool = True) -> Sample:
         out: Sample = {}
-        for source in self._node_sources:
+        for source in self._node_sources if full else self._fast_node:
             try:
                 out.update(source.sample())
             except Exception as e:
                 self._source_failed(source.name, "node", e)
         return out
 
-    def _sample_group(self, rel: str) -> Sample | None:
+    def _sample_group(self, rel: str, aggregate: bool = False, full: bool = True) -> Sample | None:
+        if aggregate:
+            sources = self._aggregate_sources if full else self._fast_aggregate
+        else:
+            sources = self._group_sources if full else self._fast_groups
         out: Sample = {}
-        for source in self._group_sources:
+        for source in sources:
             try:
                 out.update(source.sample(rel))
             except Exception as e:
@@ -237,7 +254,7 @@ class Collector:
         # One last look: the group is still there until the group worker removes it.
         final = self._sample_group(tool_call.cgroup_rel)
         node_end = (self._clock(), self._sample_node())
-        sessions_end = self._sample_group(SESSIONS_REL)
+        sessions_end = self._sample_group(SESSIONS_REL, aggregate=True)
         with self._lock:
             tracked = self._tracked.pop(tool_call.id, None)
             GROUPS_TRACKED.set(len(self._tracked))

@@ -98,7 +98,6 @@ class NodeWindow:
     mem_available_frac: float = 1.0
     agentd_tool_calls: float = 0.0
     agentd_cpu_cores: float = 0.0
-    agentd_runq_delay_frac: float = 0.0
 
     @classmethod
     def from_samples(
@@ -147,7 +146,6 @@ class NodeWindow:
             else 1.0,
             agentd_tool_calls=tool_calls,
             agentd_cpu_cores=rate(agentd, "cpu_usage_us") / 1e6,
-            agentd_runq_delay_frac=rate(agentd, "runq_delay_ns") / 1e9,
         )
 
     def as_dict(self) -> dict[str, float]:

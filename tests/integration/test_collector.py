@@ -18,7 +18,8 @@ from agentd.cgroups.detect import detect_layout
 from agentd.cgroups.v1 import V1Backend
 from agentd.metrics.collector import Collector, CollectorSettings
 from agentd.metrics.dataset import Dataset
-from agentd.metrics.sources import ProcNodeSource, group_sources
+from agentd.metrics.reader import CachedReader
+from agentd.metrics.sources import group_sources, node_sources
 from agentd.model import Intent, Resources, ToolCall, Usage
 
 pytestmark = pytest.mark.root
@@ -65,10 +66,13 @@ def test_collector_samples_a_real_group_and_records_it(v1: V1Backend, tmp_path: 
     rel = "sessions/s1/tc-burn"
     v1.create(rel, GroupLimits(cpu_max_cores=1.0))
     dataset = Dataset(tmp_path / "dataset.sqlite")
+    reader = CachedReader()
     collector = Collector(
-        [ProcNodeSource()],
-        group_sources(v1),
-        CollectorSettings(period_seconds=0.05, window_seconds=5, before_seconds=1),
+        node_sources(reader),
+        group_sources(v1, reader),
+        CollectorSettings(
+            period_seconds=0.05, detail_period_seconds=0.1, window_seconds=5, before_seconds=1
+        ),
         dataset,
     )
     for _ in range(5):  # the node ring has a past before the call begins
@@ -100,17 +104,20 @@ def test_collector_samples_a_real_group_and_records_it(v1: V1Backend, tmp_path: 
     assert window.agentd_tool_calls == 1
     assert record.window_before["seconds"] > 0
     assert [r.tool_call_id for r in dataset.records()] == ["tc-burn"]
+    assert not [p for p in reader.paths() if "tc-burn" in p]  # the ended group's files closed
+    assert any("/sessions/s1/" in p for p in [p + "/" for p in reader.paths()])
     dataset.close()
 
 
 def test_memory_events_and_oom_of_a_real_group(v1: V1Backend) -> None:
     rel = "sessions/s1/tc-oom"
     v1.create(rel, GroupLimits(memory_max=64 << 20))
-    source = group_sources(v1)[0]
-    before = source.sample(rel)
+    reader = CachedReader()
+    detail = group_sources(v1, reader)[1]
+    before = detail.sample(rel)
     p = spawn_in(v1, rel, "import sys\nsys.stdin.readline()\nb = bytearray(200 << 20)\n")
     p.wait(timeout=30)
-    after = source.sample(rel)
+    after = detail.sample(rel)
     assert p.returncode == -9  # OOM-killed
     assert after["mem_oom_kills"] == before["mem_oom_kills"] + 1
     assert after["mem_limit_hits"] > before["mem_limit_hits"]
@@ -121,7 +128,7 @@ def test_memory_events_and_oom_of_a_real_group(v1: V1Backend) -> None:
 def test_throttling_of_a_real_group(v1: V1Backend) -> None:
     rel = "sessions/s1/tc-throttled"
     v1.create(rel, GroupLimits(cpu_max_cores=0.1))
-    source = group_sources(v1)[0]
+    source = group_sources(v1, CachedReader())[0]
     p = spawn_in(v1, rel, BURN)
     try:
         time.sleep(1.0)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from agentd.cgroups.v2 import V2Backend
-from agentd.metrics.sources import CgroupV2Source, SchedstatSource, group_sources
+from agentd.metrics.reader import CachedReader
+from agentd.metrics.sources import (
+    CgroupV2DetailSource,
+    CgroupV2Source,
+    SchedstatSource,
+    group_sources,
+)
 
 PSI = (
     "some avg10=1.00 avg60=0.00 avg300=0.00 total={some}\n"
@@ -38,23 +44,42 @@ def write_group(base: Path, usage: int, pids: list[int], pressure: bool = True) 
 def test_v2_source_reads_cpu_memory_events_and_group_psi(tmp_path: Path) -> None:
     backend = V2Backend(str(tmp_path), "agentd")
     write_group(tmp_path / "agentd" / "sessions" / "s1" / "tc", usage=7000, pids=[])
-    out = CgroupV2Source(backend).sample("sessions/s1/tc")
-    assert out["cpu_usage_us"] == 7000 and out["cpu_throttled_us"] == 300
-    assert out["mem_current_bytes"] == 1 << 20 and out["mem_peak_bytes"] == 2 << 20
+    reader = CachedReader()
+    fast = CgroupV2Source(backend, reader).sample("sessions/s1/tc")
+    assert fast == {
+        "cpu_usage_us": 7000,
+        "cpu_nr_periods": 5,
+        "cpu_nr_throttled": 2,
+        "cpu_throttled_us": 300,
+        "mem_current_bytes": 1 << 20,
+    }
+    detail = CgroupV2DetailSource(backend, reader)
+    out = detail.sample("sessions/s1/tc")
+    assert out["mem_peak_bytes"] == 2 << 20
     assert out["refault_file"] == 3 and out["mem_limit_hits"] == 2 and out["mem_high_events"] == 1
     assert out["psi_cpu_some_total_us"] == 1000 and out["psi_memory_full_total_us"] == 50
     assert "psi_io_some_total_us" not in out  # io.pressure absent: skipped, not an error
+    # files stay open between samples and are re-read; forget closes them
+    (tmp_path / "agentd" / "sessions" / "s1" / "tc" / "cpu.stat").write_text("usage_usec 9\n")
+    assert CgroupV2Source(backend, reader).sample("sessions/s1/tc")["cpu_usage_us"] == 9
+    assert reader.open_files() >= 5
+    detail.forget("sessions/s1/tc")
+    assert reader.open_files() == 0
 
 
 def test_v2_source_fails_loudly_for_a_missing_group(tmp_path: Path) -> None:
     backend = V2Backend(str(tmp_path), "agentd")
     with pytest.raises(Exception, match=r"cpu\.stat"):
-        CgroupV2Source(backend).sample("sessions/gone")
+        CgroupV2Source(backend, CachedReader()).sample("sessions/gone")
 
 
 def test_group_sources_follow_the_backend_version(tmp_path: Path) -> None:
-    names = [s.name for s in group_sources(V2Backend(str(tmp_path), "agentd"))]
-    assert names == ["cgroup-v2", "schedstat"]
+    sources = group_sources(V2Backend(str(tmp_path), "agentd"), CachedReader())
+    assert [(s.name, s.detail, s.per_process) for s in sources] == [
+        ("cgroup-v2", False, False),
+        ("cgroup-v2-detail", True, False),
+        ("schedstat", True, True),
+    ]
 
 
 def test_schedstat_accumulates_across_exits(tmp_path: Path) -> None:
