@@ -29,7 +29,7 @@ import numpy as np
 from agentd.metrics.dataset import Record, SoloRule, solo_baselines
 from agentd.predictor.features import FEATURE_NAMES
 from agentd.predictor.models import BASELINES, LEARNED, Array, psi_rule
-from agentd.predictor.train import load_records, training_set
+from agentd.predictor.train import load_records, single_threaded, training_set
 
 NOMINAL_COVERAGE = 0.8
 
@@ -91,9 +91,11 @@ def evaluate_split(
         test = training_set(test_recs, rule, baselines)
         if len(test.y) == 0 or len(train.y) < 10:
             continue
+        fitted = {}
         for name, factory in model_factories().items():
             model = factory()
             model.fit(train.x, train.y, train.classes)  # type: ignore[attr-defined]
+            fitted[name] = model
             mid, low, high = model.predict(test.x, test.classes)  # type: ignore[attr-defined]
             scores.setdefault(name, Scores()).add(held_out, test.y, mid, low, high)
         mid, low, high = _fallback_predict(test.x)
@@ -101,9 +103,9 @@ def evaluate_split(
         # Strict: the held-out class's profile hidden as well.
         held_classes = {r.command_class for r in test_recs}
         strict_test = training_set(test_recs, rule, baselines, hide_profile_of=held_classes)
-        model = LEARNED[strict_model]()
-        model.fit(train.x, train.y, train.classes)
-        mid, low, high = model.predict(strict_test.x, strict_test.classes)
+        mid, low, high = fitted[strict_model].predict(  # type: ignore[attr-defined]
+            strict_test.x, strict_test.classes
+        )
         scores.setdefault(f"{strict_model}, no profile", Scores()).add(
             held_out, strict_test.y, mid, low, high
         )
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    single_threaded()
     records = load_records(args.dataset)
     rule = SoloRule(args.solo_max_other_cores)
     results = {

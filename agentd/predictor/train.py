@@ -35,6 +35,14 @@ class TrainingSet:
     baselines: dict[str, Baseline]
 
 
+def single_threaded() -> None:
+    """One thread for numpy/scikit-learn: the node is shared with the workloads it
+    predicts for, and OpenMP spinning on a busy 2-core node made fits 10x slower."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def load_records(path: Path) -> list[Record]:
     if path.suffix in (".jsonl", ".json"):
         with open(path) as f:
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "at most this many cores",
     )
     args = parser.parse_args(argv)
+    single_threaded()
     records = load_records(args.dataset)
     try:
         model_file = train(records, SoloRule(args.solo_max_other_cores), args.model)

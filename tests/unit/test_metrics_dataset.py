@@ -106,3 +106,21 @@ def test_exports_round_trip(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert rows[1]["command_class"] == "gcc"
     assert float(rows[0]["window_before.psi_cpu_some"]) == 0.1
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentd.metrics.export import main
+
+    ds = Dataset(tmp_path / "dataset.sqlite")
+    ds.add(record(1))
+    ds.close()
+    out = tmp_path / "out.csv"
+    assert (
+        main(["--dataset", str(tmp_path / "dataset.sqlite"), "--format", "csv", "--out", str(out)])
+        == 0
+    )
+    assert out.read_text().count("\n") == 2
+    assert main(["--dataset", str(tmp_path / "dataset.sqlite")]) == 0
+    assert load_jsonl(io.StringIO(capsys.readouterr().out)) == [record(1)]
+    assert main(["--dataset", str(tmp_path / "missing.sqlite")]) == 1
+    assert "no dataset at" in capsys.readouterr().err
