@@ -95,12 +95,28 @@ class PredictorConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """NodeService: its TCP listener (mutual TLS), rate limits and audit log."""
+
+    tcp_listen: str  # "host:port"; "" = no TCP listener (unix socket only)
+    tls_cert: Path | None  # the server's certificate and key (PEM)
+    tls_key: Path | None
+    tls_client_ca: Path | None  # CA that client certificates must chain to
+    rate_limit: float  # requests/s per caller (token bucket); 0 = unlimited
+    rate_burst: int  # bucket size
+    max_watchers: int  # WatchNodeEvents streams over TCP
+    audit_log: Path | None  # None = <state_dir>/audit.log
+    event_history: int  # events kept for WatchNodeEvents clients that resume
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
     node: NodeConfig
     tracking: TrackingConfig
     defaults: DefaultsConfig
+    api: ApiConfig
     source: Path | None  # the file that was read, None when there was none
     collector: CollectorConfig = CollectorConfig(
         enabled=True,
@@ -111,7 +127,7 @@ class Config:
         dataset=True,
     )
     predictor: PredictorConfig = PredictorConfig(
-        model=None, window_seconds=2.0, solo_max_other_cores=0.5
+        model=None, window_seconds=1.0, solo_max_other_cores=0.5
     )
 
 
@@ -256,15 +272,39 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _optional_path(value: Any) -> Path | None:
-    return None if value == "" else _absolute_path(value)
-
-
 def _positive_seconds(value: Any) -> float:
     seconds = _seconds(value)
     if seconds <= 0:
         raise ValueError("must be > 0")
     return seconds
+
+
+def _optional_path(value: Any) -> Path | None:
+    return None if _string(value) == "" else _absolute_path(value)
+
+
+def _listen_address(value: Any) -> str:
+    text = _string(value).strip()
+    if text == "":
+        return ""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", text)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError('must be "host:port" (e.g. "0.0.0.0:7443", "[::]:7443") or ""')
+    return text
+
+
+def _rate(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number of requests per second")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number >= 0 (0 = unlimited)")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+        raise ValueError("must be an integer between 1 and 100000")
+    return value
 
 
 # --- the schema: table -> key -> (default, parser) ---
@@ -309,8 +349,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
     },
     "predictor": {
         "model": ("", _optional_path),
-        "window_seconds": (2, _positive_seconds),
+        "window_seconds": (1, _positive_seconds),
         "solo_max_other_cores": (0.5, _seconds),
+    },
+    "api": {
+        "tcp_listen": ("", _listen_address),
+        "tls_cert": ("", _optional_path),
+        "tls_key": ("", _optional_path),
+        "tls_client_ca": ("", _optional_path),
+        "rate_limit": (1000, _rate),
+        "rate_burst": (2000, _count),
+        "max_watchers": (128, _count),
+        "audit_log": ("", _optional_path),
+        "event_history": (16384, _count),
     },
 }
 
@@ -398,10 +449,24 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         node=NodeConfig(**values["node"]),
         tracking=TrackingConfig(**values["tracking"]),
         defaults=DefaultsConfig(**values["defaults"]),
+        api=_api_config(values["api"], source),
         source=source,
         collector=CollectorConfig(**values["collector"]),
         predictor=PredictorConfig(**values["predictor"]),
     )
+
+
+def _api_config(values: dict[str, Any], source: Path | None) -> ApiConfig:
+    api = ApiConfig(**values)
+    if api.tcp_listen:
+        missing = [k for k in ("tls_cert", "tls_key", "tls_client_ca") if values[k] is None]
+        if missing:
+            raise ConfigError(
+                f"{source or 'configuration'}: [api] tcp_listen = {api.tcp_listen!r} needs "
+                f"{', '.join(missing)}: the TCP listener only serves mutual TLS "
+                "(agentctl certs init makes a development CA)"
+            )
+    return api
 
 
 def _parse(table: str, key: str, value: Any, where: str) -> Any:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,7 @@ import structlog
 
 from agentd import __version__, capabilities
 from agentd.api.agent_service import AgentService
+from agentd.api.node_api import NodeApi
 from agentd.api.peercred import TokenRegistry
 from agentd.api.server import UnixServer
 from agentd.capabilities import ensure_tracefs
@@ -193,7 +195,7 @@ class Daemon:
         )
         store = Store(cfg.daemon.state_dir)
         tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage)
-        bus = EventBus()
+        bus = EventBus(history=cfg.api.event_history)
         manager = Manager(backend, store, node, tracker=tracker, bus=bus)
         recovered = manager.recover()
         # Interference metrics and the dataset (docs/metrics.md); the predictor reads
@@ -227,10 +229,24 @@ class Daemon:
         }
         executors = Executors(manager, tracker)
         service = AgentService(manager, tokens, lambda: node_info, executors)
+        node_api = NodeApi(cfg, manager, node, tokens)
+        node_api.service.on_session_evicted = executors.drop_session
+        service.reservations = node_api.reservations
         socket_path = str(cfg.daemon.socket)
         server = UnixServer(
-            socket_path, cfg.daemon.socket_mode, cfg.daemon.socket_gid, service, tokens
+            socket_path,
+            cfg.daemon.socket_mode,
+            cfg.daemon.socket_gid,
+            service,
+            tokens,
+            node_service=node_api.service,
         )
+        try:
+            # Before the socket serves: a node a scheduler cannot reach must not look up.
+            node_api.start_tcp(server.health)
+        except (OSError, RuntimeError) as e:
+            log.error("daemon.tcp_unusable", address=cfg.api.tcp_listen, error=str(e))
+            return 1
         server.start()
         log.info("daemon.ready", socket=socket_path, **recovered)
         self.notifier.ready(
@@ -238,10 +254,11 @@ class Daemon:
             f"{recovered['tool_calls_running']} tool calls recovered"
         )
         try:
-            self._housekeeping(manager, tokens)
+            self._housekeeping(manager, tokens, node_api.housekeeping)
         finally:
             self.notifier.stopping()
             service.stopping.set()
+            node_api.stop()
             server.stop()
             warmer.stop()
             executors.stop()
@@ -274,7 +291,9 @@ class Daemon:
             except Exception:
                 log.exception("daemon.group_worker_failed")
 
-    def _housekeeping(self, manager: Manager, tokens: TokenRegistry) -> None:
+    def _housekeeping(
+        self, manager: Manager, tokens: TokenRegistry, node_api: Callable[[], None]
+    ) -> None:
         """Until asked to stop: reap abandoned tool calls, forget dead callers' tokens,
         feed the watchdog (only from here, so a wedged loop gets the daemon restarted)."""
         interval = HOUSEKEEPING_SECONDS
@@ -287,6 +306,7 @@ class Daemon:
             try:
                 manager.reap()
                 tokens.prune()
+                node_api()  # node figures, expired reservations
                 status = (
                     f"{len(manager.list_sessions(ROOT))} sessions, "
                     f"{manager.tool_calls_running()} tool calls running"

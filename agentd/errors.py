@@ -40,9 +40,43 @@ class FailedPreconditionError(AgentdError):
     pass
 
 
+class RetryLaterError(AgentdError):
+    """Refused for now; the same request may succeed after `retry_after_seconds`
+    (sent to gRPC clients as google.rpc.RetryInfo). Subclasses pick the code."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class TooSoonError(RetryLaterError, FailedPreconditionError):
+    """A limit or state was changed too recently to change again (anti-flapping)."""
+
+
 class UnavailableError(AgentdError):
     """The host cannot do it right now (e.g. cgroupfs unreachable)."""
 
 
 class ResourceExhaustedError(AgentdError):
     """A per-caller or daemon-wide limit on what a request may hold was reached."""
+
+
+class UnauthenticatedError(AgentdError):
+    """The caller could not be identified (no token, no client certificate)."""
+
+
+class RoleDeniedError(PermissionDeniedError):
+    """The caller's role may not call this method at all."""
+
+    def __init__(self, message: str, role: str, method: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.method = method
+
+
+class RateLimitedError(RetryLaterError, ResourceExhaustedError):
+    """The caller sent more requests than its rate allows."""
+
+
+class DeadlineExceededError(AgentdError):
+    """The caller's deadline passed before the work was done (or started)."""

@@ -172,6 +172,8 @@ class Manager:
             self._sessions[session.id] = session
         self.spares_wanted.set()
         log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
+        details = {k: str(v) for k, v in budget.as_dict().items() if v is not None}
+        self.bus.publish(Event(session.id, "", session.owner_uid, "session_opened", details))
         return session
 
     def get_session(self, caller: Caller, session_id: str) -> Session:
@@ -208,6 +210,15 @@ class Manager:
             self.store.save_session(session)
             del self._sessions[session_id]
         log.info("session.closed", session=session_id, tool_calls_ended=len(ended))
+        self.bus.publish(
+            Event(
+                session_id,
+                "",
+                session.owner_uid,
+                "session_closed",
+                {"tool_calls_ended": str(len(ended))},
+            )
+        )
         return session, ended
 
     def has_open_sessions(self) -> bool:
@@ -627,9 +638,16 @@ class Manager:
         )
 
     def _usage(self, tool_call: ToolCall, now: float) -> Usage:
-        raw = self.backend.usage(tool_call.cgroup_rel)
+        return self._group_usage(tool_call.cgroup_rel, now - tool_call.started_at)
+
+    def session_usage(self, session: Session) -> Usage:
+        """Live usage of a session's group (all its tool calls); CgroupError if gone."""
+        return self._group_usage(session.cgroup_rel, time.time() - session.created_at)
+
+    def _group_usage(self, rel: str, wall_seconds: float) -> Usage:
+        raw = self.backend.usage(rel)
         return Usage(
-            wall_seconds=now - tool_call.started_at,
+            wall_seconds=wall_seconds,
             cpu_user_seconds=raw.cpu_user_usec / 1e6,
             cpu_system_seconds=raw.cpu_system_usec / 1e6,
             peak_memory_bytes=raw.memory_peak,

@@ -17,11 +17,17 @@ from agentd import __version__
 from agentd.api import convert
 from agentd.api.peercred import TokenRegistry
 from agentd.api.status import internal, to_status, unauthenticated
-from agentd.errors import AgentdError, InvalidArgumentError, ResourceExhaustedError
+from agentd.errors import (
+    AgentdError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from agentd.events import Event
 from agentd.executors import Executors
 from agentd.manager import Caller, Manager
-from agentd.model import Session, ToolCall
+from agentd.model import Resources, Session, ToolCall
+from agentd.reservations import Reservations
 from agentd.v1 import agent_pb2 as pb
 from agentd.v1 import agent_pb2_grpc as pb_grpc
 
@@ -30,6 +36,7 @@ log = structlog.get_logger("agentd.api")
 #: Event streams per uid and in total; each holds a server worker thread (server.py).
 MAX_WATCHES_PER_UID = 4
 MAX_WATCHES = 16
+WATCH_KINDS = frozenset({"process", "tool_call_begun", "tool_call_ended"})
 
 Response = TypeVar("Response")
 
@@ -76,6 +83,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self.tokens = tokens
         self.node_info = node_info
         self.started_at = time.time()
+        # Set by the daemon when NodeService runs: CreateSession may use a reservation.
+        self.reservations: Reservations | None = None
         self.stopping = threading.Event()  # ends Watch streams at shutdown
         self._watch_lock = threading.Lock()
         self._watches: dict[int, int] = {}  # uid -> open Watch streams
@@ -89,13 +98,26 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
     @rpc
     def CreateSession(self, caller: Caller, request: pb.CreateSessionRequest, context: Any):
+        budget = convert.resources_from_pb(request.budget, "budget")
+        reservation = None
+        if request.reservation_id:
+            reservation = self.reservations and self.reservations.get(request.reservation_id)
+            if not reservation:
+                raise NotFoundError(
+                    "reservation (expired, used or released?)", request.reservation_id
+                )
+            if budget == Resources():
+                budget = reservation.resources
         session = self.manager.create_session(
             caller,
             request.name,
-            convert.resources_from_pb(request.budget, "budget"),
+            budget,
             convert.priority_from_pb(request.priority, "priority"),
             exist_ok=request.exist_ok,
         )
+        if reservation is not None and self.reservations is not None:
+            # The session's budget counts against the node from now on, not the reservation.
+            self.reservations.take(reservation.id)
         return self._session(session)
 
     @rpc
@@ -208,6 +230,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
             context.abort_with_status(to_status(e))
 
         def accept(event: Event) -> bool:
+            # WatchEvent carries process and tool-call events; the other kinds are
+            # NodeService's (WatchNodeEvents).
+            if event.kind not in WATCH_KINDS:
+                return False
             if session_id and event.session_id != session_id:
                 return False
             return caller.is_root or event.owner_uid == caller.uid

@@ -67,18 +67,20 @@ def priority_from_pb(value: int, field: str) -> Priority | None:
         raise InvalidArgumentError(field, f"{value} is not a priority class") from None
 
 
-def intent_from_pb(msg: pb.Intent) -> Intent:
+def intent_from_pb(msg: pb.Intent, prefix: str = "intent") -> Intent:
     expected = None
     if msg.HasField("expected_duration"):
-        expected = msg.expected_duration.ToTimedelta().total_seconds()
+        # Not ToTimedelta(): it overflows (an uncaught error) on out-of-range seconds.
+        d = msg.expected_duration
+        expected = d.seconds + d.nanos / 1e9
         if expected < 0:
-            raise InvalidArgumentError("intent.expected_duration", "is negative")
+            raise InvalidArgumentError(f"{prefix}.expected_duration", "is negative")
     if len(msg.label) > 4096:
-        raise InvalidArgumentError("intent.label", "is longer than 4096 characters")
+        raise InvalidArgumentError(f"{prefix}.label", "is longer than 4096 characters")
     return Intent(
-        resources=resources_from_pb(msg.resources, "intent.resources"),
+        resources=resources_from_pb(msg.resources, f"{prefix}.resources"),
         expected_duration_seconds=expected,
-        priority=priority_from_pb(msg.priority, "intent.priority"),
+        priority=priority_from_pb(msg.priority, f"{prefix}.priority"),
         label=msg.label,
     )
 

@@ -12,11 +12,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentd.api.agent_service import AgentService
+from agentd.api.node_service import NodeService
 from agentd.api.peercred import CredentialServer, TokenRegistry
 from agentd.credproto import cred_socket_path
-from agentd.v1 import agent_pb2, agent_pb2_grpc
+from agentd.v1 import agent_pb2, agent_pb2_grpc, node_pb2, node_pb2_grpc
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 
 # Requests are small; a larger one is malformed or hostile and is refused with
 # RESOURCE_EXHAUSTED before it is parsed.
@@ -31,6 +33,7 @@ class UnixServer:
         gid: int,
         service: AgentService,
         tokens: TokenRegistry,
+        node_service: NodeService | None = None,
         # Watch streams may hold up to MAX_WATCHES of these; unary calls keep the rest.
         workers: int = 32,
     ) -> None:
@@ -49,10 +52,15 @@ class UnixServer:
             ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(service, self.server)
+        services = [SERVICE_NAME]
+        if node_service is not None:
+            node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, self.server)
+            services.append(NODE_SERVICE_NAME)
+        self.services = services
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.server.add_insecure_port(f"unix:{socket_path}")
         self.cred = CredentialServer(cred_socket_path(socket_path), tokens, mode, gid)
@@ -64,7 +72,7 @@ class UnixServer:
         os.chown(self.socket_path, 0 if os.geteuid() == 0 else -1, self.gid)
         os.chmod(self.socket_path, self.mode)
         self.cred.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", *self.services):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:

@@ -10,11 +10,15 @@ from grpc_status import rpc_status
 from agentd.errors import (
     AgentdError,
     AlreadyExistsError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    RetryLaterError,
+    RoleDeniedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -28,6 +32,8 @@ _CODES: list[tuple[type[AgentdError], int]] = [
     (FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
     (UnavailableError, code_pb2.UNAVAILABLE),
     (ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, code_pb2.UNAUTHENTICATED),
+    (DeadlineExceededError, code_pb2.DEADLINE_EXCEEDED),
 ]
 
 
@@ -51,12 +57,23 @@ def to_status(error: AgentdError) -> grpc.Status:
         details.append(
             _packed(error_details_pb2.ErrorInfo(reason="HOST_UNAVAILABLE", domain=DOMAIN))
         )
+    elif isinstance(error, RoleDeniedError):
+        info = error_details_pb2.ErrorInfo(
+            reason="ROLE_NOT_ALLOWED",
+            domain=DOMAIN,
+            metadata={"role": error.role, "method": error.method},
+        )
+        details.append(_packed(info))
     elif isinstance(error, NotFoundError):
         details.append(
             _packed(
                 error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.ident)
             )
         )
+    if isinstance(error, RetryLaterError):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(_packed(retry))
     return rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )

@@ -255,6 +255,10 @@ def build_parser() -> _Parser:
         help="write the usage as one JSON object to FILE ('-': stdout) when done",
     )
     p.set_defaults(handler=cmd_run)
+
+    from agentd.cli import certs
+
+    certs.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,514 @@
+"""agentd.v1.NodeService: node state, placement scores, admission, control and a
+resumable event stream for schedulers (TCP + mutual TLS) and local callers (unix
+socket). Who may call what is in auth.py; the control primitives are control.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from agentd.api import convert
+from agentd.api.audit import AuditLog
+from agentd.api.auth import ADMISSION_METHODS, CONTROL_METHODS, Authenticator, Principal, Role
+from agentd.api.node_events import overflow, parse_token, to_node_event, token
+from agentd.api.node_sampler import NodeSampler, Pressure
+from agentd.api.ratelimit import RateLimiter
+from agentd.api.status import internal, to_status
+from agentd.cgroups.base import CgroupError
+from agentd.control import Control, ControlResult, Target
+from agentd.errors import (
+    AgentdError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
+from agentd.events import Event
+from agentd.manager import Caller, Manager
+from agentd.model import Resources, Session, ToolCall
+from agentd.reservations import Reservation, Reservations
+from agentd.scoring import Capacity, Demand, Predictor, Room, infeasibility, score, total
+from agentd.units import UnitError, parse_cpu, parse_size
+from agentd.v1 import agent_pb2, node_pb2_grpc
+from agentd.v1 import node_pb2 as pb
+
+log = structlog.get_logger("agentd.api.node")
+
+MAX_CANDIDATES = 256
+MAX_ID_LENGTH = 256
+DEFAULT_TTL_SECONDS = 30.0
+MAX_TTL_SECONDS = 600.0
+#: Event streams per local agent uid and per transport (each holds a server thread).
+MAX_WATCHES_PER_AGENT = 4
+AUDITED = CONTROL_METHODS | ADMISSION_METHODS
+# Node-wide sums (allocated, room) count every session, whoever asks.
+_ALL = Caller(uid=0, gid=0, pid=0)
+
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    unix: int = 8  # the unix server's pool is shared with AgentService
+    tcp: int = 128
+
+
+def _check_deadline(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceededError("the call's deadline passed before the work was done")
+
+
+def node_rpc(method: Callable[..., Response]) -> Callable[..., Response]:
+    """Identify the caller, apply its rate limit, deadline and role, run the method,
+    audit control actions, and turn every failure into a status (INTERNAL, logged,
+    for the unexpected: the daemon keeps serving)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: NodeService, request: Any, context: grpc.ServicerContext) -> Response:
+        principal: Principal | None = None
+        try:
+            principal = self.principal(context)
+            self.limiter.take(principal.key)
+            _check_deadline(context)
+            principal.check_allowed(name)
+            result = method(self, principal, request, context)
+        except AgentdError as e:
+            self._audit(name, principal, request, f"refused: {type(e).__name__}: {e.message}")
+            context.abort_with_status(to_status(e))
+        except Exception as e:
+            log.exception("rpc.failed", method=name)
+            self._audit(name, principal, request, "failed")
+            context.abort_with_status(internal(f"{type(e).__name__}: {e}"))
+        self._audit(name, principal, request, "ok", result=result)
+        return result
+
+    return wrapper
+
+
+class NodeService(node_pb2_grpc.NodeServiceServicer):
+    def __init__(
+        self,
+        manager: Manager,
+        control: Control,
+        reservations: Reservations,
+        sampler: NodeSampler,
+        auth: Authenticator,
+        limiter: RateLimiter,
+        audit: AuditLog | None,
+        node_name: str,
+        capacity: Capacity,
+        predictor: Predictor | None = None,
+        watch_limits: WatchLimits | None = None,
+        on_session_evicted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.control = control
+        self.reservations = reservations
+        self.sampler = sampler
+        self.auth = auth
+        self.limiter = limiter
+        self.audit = audit
+        self.node_name = node_name
+        self.capacity = capacity
+        self.predictor = predictor
+        self.watch_limits = watch_limits or WatchLimits()
+        self.on_session_evicted = on_session_evicted
+        self.stopping = threading.Event()  # ends watch streams at shutdown
+        self._watch_lock = threading.Lock()
+        self._watches: dict[str, int] = {}  # principal key -> open streams
+        self._watches_by_transport: dict[str, int] = {"unix": 0, "tcp": 0}
+
+    def principal(self, context: grpc.ServicerContext) -> Principal:
+        return self.auth.principal(
+            context.peer(), context.auth_context(), context.invocation_metadata()
+        )
+
+    # ---- read-only ----------------------------------------------------------------
+
+    @node_rpc
+    def GetNodeState(self, who: Principal, request: pb.GetNodeStateRequest, context: Any):
+        # Read first: an event that races with the state is sent again, never missed.
+        resume_token = token(self.manager.bus.boot_id, self.manager.bus.last_seq)
+        sample = self.sampler.latest
+        open_sessions = self.manager.list_sessions(who.caller)
+        reservations = self.reservations.live()
+        state = pb.NodeState(
+            node_name=self.node_name,
+            capacity=pb.NodeCapacity(
+                memory_bytes=self.capacity.memory, cpus=self.capacity.cpus, pids=self.capacity.pids
+            ),
+            allocated=_resources_pb(self._allocated(reservations)),
+            usage=pb.NodeUsage(
+                memory_bytes=sample.memory_bytes,
+                cpu_cores=sample.cpu_cores,
+                processes=sample.processes,
+            ),
+            sessions=[
+                self._session_view(s, request.include_tool_calls, who) for s in open_sessions
+            ],
+        )
+        for field, resource in (
+            ("cpu_pressure", "cpu"),
+            ("memory_pressure", "memory"),
+            ("io_pressure", "io"),
+        ):
+            if resource in sample.pressure:
+                getattr(state, field).CopyFrom(_pressure_pb(sample.pressure[resource]))
+        if who.role is not Role.AGENT:  # reservations are the schedulers' business
+            state.reservations.extend(_reservation_pb(r) for r in reservations)
+        state.time.GetCurrentTime()
+        return pb.GetNodeStateResponse(state=state, resume_token=resume_token)
+
+    @node_rpc
+    def ScorePlacement(self, who: Principal, request: pb.ScorePlacementRequest, context: Any):
+        if len(request.candidates) > MAX_CANDIDATES:
+            raise InvalidArgumentError(
+                "candidates", f"{len(request.candidates)} given, at most {MAX_CANDIDATES}"
+            )
+        parsed = [_candidate(c, f"candidates[{i}]") for i, c in enumerate(request.candidates)]
+        room = self._room(self.reservations.live())
+        stall = self._stall_percent()
+        response = pb.ScorePlacementResponse()
+        for i, (candidate_id, intent, budget) in enumerate(parsed):
+            if i % 16 == 15:
+                _check_deadline(context)
+            prediction = self._predict(intent, budget)
+            result = score(Demand.of(intent, budget), room, self.capacity, stall, prediction)
+            entry = response.scores.add(
+                candidate_id=candidate_id,
+                feasible=result.feasible,
+                reason=result.reason,
+                memory_headroom_bytes=max(result.memory_headroom, 0),
+                cpu_headroom_cores=max(result.cpu_headroom, 0.0),
+                score=result.score,
+            )
+            if prediction is not None:
+                entry.prediction.CopyFrom(
+                    pb.Prediction(
+                        predicted_slowdown=prediction.slowdown,
+                        low=prediction.low,
+                        high=prediction.high,
+                        model=prediction.model,
+                    )
+                )
+        return response
+
+    # ---- admission ----------------------------------------------------------------
+
+    @node_rpc
+    def Admit(self, who: Principal, request: pb.AdmitRequest, context: Any):
+        candidate_id, intent, budget = _candidate(request.candidate, "candidate")
+        ttl = DEFAULT_TTL_SECONDS
+        if request.HasField("ttl"):
+            ttl = request.ttl.seconds + request.ttl.nanos / 1e9
+            if not 0 < ttl <= MAX_TTL_SECONDS:
+                raise InvalidArgumentError(
+                    "ttl", f"{ttl:g} s: must be more than 0 and at most {MAX_TTL_SECONDS:g} s"
+                )
+        demand = Demand.of(intent, budget)
+
+        def refusal(live: list[Reservation]) -> str:
+            return infeasibility(demand, self._room(live))
+
+        reservation, reason = self.reservations.admit(
+            candidate_id, demand.as_resources(), ttl, who.name, refusal
+        )
+        if reservation is None:
+            return pb.AdmitResponse(admitted=False, reason=reason)
+        log.info("reservation.admitted", id=reservation.id, by=who.name, ttl=ttl)
+        return pb.AdmitResponse(admitted=True, reservation=_reservation_pb(reservation))
+
+    @node_rpc
+    def ReleaseReservation(
+        self, who: Principal, request: pb.ReleaseReservationRequest, context: Any
+    ):
+        if not request.reservation_id:
+            raise InvalidArgumentError("reservation_id", "is required")
+        released = self.reservations.take(request.reservation_id) is not None
+        return pb.ReleaseReservationResponse(released=released)
+
+    # ---- control ------------------------------------------------------------------
+
+    @node_rpc
+    def Throttle(self, who: Principal, request: pb.ThrottleRequest, context: Any):
+        cpu_max = memory_high = None
+        if request.cpu_max:
+            try:
+                cpu_max = parse_cpu(request.cpu_max)
+            except UnitError as e:
+                raise InvalidArgumentError("cpu_max", str(e)) from None
+        if request.memory_high:
+            try:
+                memory_high = parse_size(request.memory_high)
+            except UnitError as e:
+                raise InvalidArgumentError("memory_high", str(e)) from None
+        target = _target(request)
+        _check_deadline(context)
+        result = self.control.throttle(who.caller, target, cpu_max, memory_high, by=who.name)
+        return pb.ThrottleResponse(result=_control_pb(result))
+
+    @node_rpc
+    def Freeze(self, who: Principal, request: pb.FreezeRequest, context: Any):
+        target = _target(request)
+        _check_deadline(context)
+        result = self.control.freeze(who.caller, target, by=who.name)
+        return pb.FreezeResponse(result=_control_pb(result))
+
+    @node_rpc
+    def Resume(self, who: Principal, request: pb.ResumeRequest, context: Any):
+        target = _target(request)
+        _check_deadline(context)
+        result = self.control.resume(who.caller, target, by=who.name)
+        return pb.ResumeResponse(result=_control_pb(result))
+
+    @node_rpc
+    def Evict(self, who: Principal, request: pb.EvictRequest, context: Any):
+        target = _target(request)
+        if len(request.reason) > 1024:
+            raise InvalidArgumentError("reason", "is longer than 1024 characters")
+        _check_deadline(context)
+        result = self.control.evict(who.caller, target, request.reason, by=who.name)
+        if not target.tool_call_id and self.on_session_evicted is not None:
+            self.on_session_evicted(target.session_id)
+        return pb.EvictResponse(result=_control_pb(result))
+
+    # ---- events -------------------------------------------------------------------
+
+    def WatchNodeEvents(
+        self, request: pb.WatchNodeEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchNodeEventsResponse]:
+        """Every event numbered after the resume token (or from now on), in order; an
+        OVERFLOW first when some of them are no longer kept."""
+        try:
+            who = self.principal(context)
+            self.limiter.take(who.key)
+            who.check_allowed("WatchNodeEvents")
+            session_id = request.session_id
+            if session_id:
+                self.manager.get_session(who.caller, session_id)  # exists, and visible
+            bus = self.manager.bus
+            point = parse_token(request.resume_token)
+            cursor = bus.last_seq
+            other_boot = point is not None and point.boot_id != bus.boot_id
+            if point is not None and not other_boot:
+                if point.seq > bus.last_seq:
+                    raise InvalidArgumentError(
+                        "resume_token", "is ahead of this daemon's events (a forged token?)"
+                    )
+                cursor = point.seq
+            elif other_boot:
+                cursor = 0
+            self._count_watch(who, +1)
+        except AgentdError as e:
+            context.abort_with_status(to_status(e))
+
+        def visible(event: Event) -> bool:
+            if session_id and event.session_id != session_id:
+                return False
+            return who.may_see(event.owner_uid)
+
+        try:
+            if other_boot:
+                # Whatever followed the token in the previous run is unknown: say so once
+                # (with what this run no longer keeps), then replay what it does keep.
+                _, lost = bus.read_after(0, timeout=0, limit=1)
+                restarted = overflow(
+                    bus.boot_id, lost, lost, "the daemon restarted since the token"
+                )
+                yield pb.WatchNodeEventsResponse(event=restarted)
+                cursor = lost
+            while context.is_active() and not self.stopping.is_set():
+                events, lost = bus.read_after(cursor, timeout=0.5)
+                if lost:
+                    cursor += lost
+                    gone = overflow(
+                        bus.boot_id, cursor, lost, "the token is older than the event buffer"
+                    )
+                    yield pb.WatchNodeEventsResponse(event=gone)
+                for event in events:
+                    cursor = event.seq
+                    if not visible(event):
+                        continue
+                    msg = to_node_event(event, bus.boot_id, self._tool_call_pb)
+                    if msg is not None:
+                        yield pb.WatchNodeEventsResponse(event=msg)
+        finally:
+            self._count_watch(who, -1)
+
+    def _count_watch(self, who: Principal, delta: int) -> None:
+        """A stream holds a server thread for its whole life: bounded per transport
+        and per local agent, so that watchers never starve the unary calls."""
+        with self._watch_lock:
+            if delta > 0:
+                limit = getattr(self.watch_limits, who.transport)
+                if self._watches_by_transport[who.transport] >= limit:
+                    raise ResourceExhaustedError(
+                        f"{limit} event streams are open over {who.transport} (the limit)"
+                    )
+                if who.role is Role.AGENT and self._watches.get(who.key, 0) >= (
+                    MAX_WATCHES_PER_AGENT
+                ):
+                    raise ResourceExhaustedError(
+                        f"{who.name} has {MAX_WATCHES_PER_AGENT} event streams open (the limit)"
+                    )
+            self._watches[who.key] = self._watches.get(who.key, 0) + delta
+            self._watches_by_transport[who.transport] += delta
+            if self._watches[who.key] <= 0:
+                del self._watches[who.key]
+
+    # ---- helpers ------------------------------------------------------------------
+
+    def _allocated(self, reservations: list[Reservation]) -> Resources:
+        budgets = total([s.budget for s in self.manager.list_sessions(_ALL)])
+        reserved = total([r.resources for r in reservations])
+        return Resources(
+            memory_max=budgets.memory + reserved.memory,
+            cpu=budgets.cpu + reserved.cpu,
+            pids_max=budgets.pids + reserved.pids,
+        )
+
+    def _room(self, reservations: list[Reservation]) -> Room:
+        allocated = total([s.budget for s in self.manager.list_sessions(_ALL)])
+        reserved = total([r.resources for r in reservations])
+        return Room.of(self.capacity, allocated, reserved, self.sampler.latest.cpu_cores)
+
+    def _stall_percent(self) -> float:
+        pressure = self.sampler.latest.pressure
+        return max((pressure[r].some_avg10 for r in ("cpu", "memory") if r in pressure), default=0)
+
+    def _predict(self, intent: Any, budget: Resources | None) -> Any:
+        if self.predictor is None:
+            return None
+        try:
+            return self.predictor(intent, budget)
+        except Exception:
+            # A failing model must not fail placement: the score goes without it.
+            log.exception("predictor.failed")
+            return None
+
+    def _session_view(self, s: Session, with_tool_calls: bool, who: Principal) -> pb.SessionView:
+        target = Target(s.id)
+        view = pb.SessionView(
+            session=convert.session_to_pb(
+                s, self.manager.running_count(s.id), self.manager.backend.path_of(s.cgroup_rel)
+            ),
+            frozen=self.control.is_frozen(target),
+            throttled=self.control.is_throttled(target),
+        )
+        with contextlib.suppress(CgroupError):  # closed meanwhile: no usage then
+            view.usage.CopyFrom(convert.usage_to_pb(self.manager.session_usage(s)))
+        if with_tool_calls:
+            view.tool_calls.extend(
+                self._tool_call_pb(t)
+                for t in self.manager.list_tool_calls(who.caller, s.id, include_ended=False)
+            )
+        return view
+
+    def _tool_call_pb(self, t: ToolCall) -> agent_pb2.ToolCall:
+        return convert.tool_call_to_pb(t, self.manager.backend.path_of(t.cgroup_rel))
+
+    def _audit(
+        self,
+        method: str,
+        who: Principal | None,
+        request: Any,
+        outcome: str,
+        result: Any = None,
+    ) -> None:
+        if self.audit is None or method not in AUDITED:
+            return
+        details: dict[str, Any] = {}
+        control = getattr(result, "result", None)
+        if isinstance(control, pb.ControlResult):
+            details = {
+                "changed": control.changed,
+                "tool_calls_affected": control.tool_calls_affected,
+            }
+        elif isinstance(result, pb.AdmitResponse):
+            details = {"reservation": result.reservation.id, "admitted": result.admitted}
+            if result.reason:
+                details["reason"] = result.reason
+        if isinstance(request, pb.EvictRequest) and request.reason:
+            details["evict_reason"] = request.reason
+        self.audit.record(
+            who.as_dict() if who else {"name": "unauthenticated"},
+            method,
+            _audit_target(request),
+            outcome,
+            **details,
+        )
+
+
+def _candidate(msg: pb.Candidate, prefix: str) -> tuple[str, Any, Resources | None]:
+    if len(msg.id) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{prefix}.id", f"is longer than {MAX_ID_LENGTH} characters")
+    intent = convert.intent_from_pb(msg.intent, f"{prefix}.intent")
+    budget = None
+    if msg.HasField("session_budget"):
+        budget = convert.resources_from_pb(msg.session_budget, f"{prefix}.session_budget")
+    return msg.id, intent, budget
+
+
+def _target(request: Any) -> Target:
+    t = request.target
+    if not t.session_id:
+        raise InvalidArgumentError("target.session_id", "is required")
+    if len(t.session_id) > MAX_ID_LENGTH or len(t.tool_call_id) > MAX_ID_LENGTH:
+        raise InvalidArgumentError("target", f"ids are at most {MAX_ID_LENGTH} characters")
+    return Target(session_id=t.session_id, tool_call_id=t.tool_call_id)
+
+
+def _audit_target(request: Any) -> dict[str, str]:
+    if isinstance(
+        request, pb.ThrottleRequest | pb.FreezeRequest | pb.ResumeRequest | pb.EvictRequest
+    ):
+        return {
+            "session_id": request.target.session_id,
+            "tool_call_id": request.target.tool_call_id,
+        }
+    if isinstance(request, pb.AdmitRequest):
+        return {"candidate_id": request.candidate.id}
+    if isinstance(request, pb.ReleaseReservationRequest):
+        return {"reservation_id": request.reservation_id}
+    return {}
+
+
+def _control_pb(result: ControlResult) -> pb.ControlResult:
+    return pb.ControlResult(
+        target=pb.Target(
+            session_id=result.target.session_id, tool_call_id=result.target.tool_call_id
+        ),
+        action=result.action,
+        changed=result.changed,
+        tool_calls_affected=result.tool_calls_affected,
+    )
+
+
+def _resources_pb(r: Resources) -> agent_pb2.Resources:
+    return convert.resources_to_pb(r)
+
+
+def _pressure_pb(p: Pressure) -> pb.Pressure:
+    return pb.Pressure(
+        some_avg10=p.some_avg10,
+        some_avg60=p.some_avg60,
+        full_avg10=p.full_avg10,
+        full_avg60=p.full_avg60,
+    )
+
+
+def _reservation_pb(r: Reservation) -> pb.Reservation:
+    msg = pb.Reservation(
+        id=r.id, candidate_id=r.candidate_id, reserved=convert.resources_to_pb(r.resources)
+    )
+    msg.expires_at.FromNanoseconds(int(r.expires_at * 1e9))
+    return msg
