@@ -42,8 +42,10 @@ from agentd.executors import Executors
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
 from agentd.metrics import build_collector
+from agentd.metrics.window import NodeWindow
 from agentd.model import Resources
 from agentd.predictor import load_predictor
+from agentd.predictor.placement import PlacementPredictor
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
@@ -229,7 +231,10 @@ class Daemon:
         }
         executors = Executors(manager, tracker)
         service = AgentService(manager, tokens, lambda: node_info, executors)
-        node_api = NodeApi(cfg, manager, node, tokens)
+        window = self.collector.node_window if self.collector is not None else NodeWindow
+        node_api = NodeApi(
+            cfg, manager, node, tokens, predictor=PlacementPredictor(self.predictor, window)
+        )
         node_api.service.on_session_evicted = executors.drop_session
         service.reservations = node_api.reservations
         socket_path = str(cfg.daemon.socket)
