@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         with_model: list[float] = []
         with_rule: list[float] = []
+        one_by_one: list[float] = []
         gc.disable()
         try:
             for _ in range(args.calls):
@@ -72,11 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 fallback.predict(candidates, window)
                 with_rule.append((time.perf_counter() - t) * 1000)
+                # what ScorePlacement does today: one predict() per candidate
+                t = time.perf_counter()
+                for c in candidates:
+                    model.predict([c], window)
+                one_by_one.append((time.perf_counter() - t) * 1000)
         finally:
             gc.enable()
         p99s.append(pct(with_model, 99))
         print(
             f"round {r}: model p50 {pct(with_model, 50):.3f} ms p99 {pct(with_model, 99):.3f} ms; "
+            f"one call per candidate p50 {pct(one_by_one, 50):.3f} ms "
+            f"p99 {pct(one_by_one, 99):.3f} ms; "
             f"fallback p50 {pct(with_rule, 50):.3f} ms; "
             f"ratio p50 {pct(with_model, 50) / pct(with_rule, 50):.0f}x; "
             f"load {[round(x, 2) for x in os.getloadavg()]}",

@@ -109,6 +109,16 @@ def evaluate_split(
         scores.setdefault(f"{strict_model}, no profile", Scores()).add(
             held_out, strict_test.y, mid, low, high
         )
+        # Hindsight: features from the node during the run (unknowable at placement):
+        # the error left is what the model cannot explain even knowing the future load.
+        hind_train = training_set(train_recs, rule, baselines, window="window_run")
+        hind_test = training_set(test_recs, rule, baselines, window="window_run")
+        model = LEARNED[strict_model]()
+        model.fit(hind_train.x, hind_train.y, hind_train.classes)
+        mid, low, high = model.predict(hind_test.x, hind_test.classes)
+        scores.setdefault(f"{strict_model}, run window (hindsight)", Scores()).add(
+            held_out, hind_test.y, mid, low, high
+        )
     return scores
 
 

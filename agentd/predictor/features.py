@@ -71,13 +71,13 @@ FEATURE_NAMES: tuple[str, ...] = WINDOW_FEATURES + CANDIDATE_FEATURES
 def feature_vector(
     candidate: CandidateFeatures, window: NodeWindow, profile: ClassProfile
 ) -> list[float]:
-    w = window.as_dict()
     cpu_demand = candidate.cpu_cores or profile.solo_cpu_cores
     if candidate.cpu_cores:
         cpu_demand = min(candidate.cpu_cores, profile.solo_cpu_cores)
     free = max(window.ncpus - window.cpu_busy_cores, 0.05)
     peak_gib = (profile.solo_peak_memory_bytes or float(candidate.memory_bytes or 0)) / GIB
-    values = [w[name] for name in WINDOW_FEATURES] + [
+    # getattr, not as_dict(): dataclasses.asdict deep-copies and was 2/3 of predict()
+    values = [getattr(window, name) for name in WINDOW_FEATURES] + [
         float(candidate.cpu_cores or 0.0),
         float(candidate.memory_bytes or 0) / GIB,
         1.0 if profile.known else 0.0,

@@ -59,11 +59,14 @@ def training_set(
     rule: SoloRule,
     baselines: dict[str, Baseline] | None = None,
     hide_profile_of: set[str] | None = None,
+    window: str = "window_before",
 ) -> TrainingSet:
     """Rows for every successful record whose class has a solo baseline.
 
     `hide_profile_of`: classes whose profile the features must not see (the strict
-    "never seen at all" evaluation).
+    "never seen at all" evaluation). `window`: which stored node window the features
+    read; "window_run" (the node during the run, known only in hindsight) serves the
+    evaluation's estimate of how much of the error is the future's, not the model's.
     """
     baselines = baselines if baselines is not None else solo_baselines(records, rule)
     hidden = hide_profile_of or set()
@@ -73,7 +76,8 @@ def training_set(
         if r.exit_code != 0 or base is None or base.duration_seconds <= 0:
             continue
         profile = ClassProfile() if r.command_class in hidden else ClassProfile.of(base)
-        rows.append(feature_vector(candidate_of(r), NodeWindow.from_dict(r.window_before), profile))
+        node = NodeWindow.from_dict(getattr(r, window))
+        rows.append(feature_vector(candidate_of(r), node, profile))
         ys.append(r.duration_seconds / base.duration_seconds)
         classes.append(r.command_class)
         kept.append(r)
