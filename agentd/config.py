@@ -85,6 +85,23 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True)
+class CollectorConfig:
+    enabled: bool  # sample interference metrics (docs/metrics.md)
+    period_ms: int  # sampling period
+    detail_period_ms: int  # period of the costlier sources (memory.stat, schedstat, ...)
+    window_seconds: float  # how much node history the ring keeps
+    max_groups: int  # tool calls sampled at once; more are counted, not sampled
+    dataset: bool  # record every finished tool call in <state_dir>/dataset.sqlite
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    model: Path | None  # model file; None = <state_dir>/predictor.model
+    window_seconds: float  # span of the node window a prediction reads
+    solo_max_other_cores: float  # a run is "solo" if the rest of the node used at most this
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """NodeService: its TCP listener (mutual TLS), rate limits and audit log."""
 
@@ -124,6 +141,17 @@ class Config:
     guard: GuardConfig
     source: Path | None  # the file that was read, None when there was none
     prometheus: PrometheusConfig = PrometheusConfig(listen="", session_metrics=True)
+    collector: CollectorConfig = CollectorConfig(
+        enabled=True,
+        period_ms=100,
+        detail_period_ms=500,
+        window_seconds=60.0,
+        max_groups=512,
+        dataset=True,
+    )
+    predictor: PredictorConfig = PredictorConfig(
+        model=None, window_seconds=1.0, solo_max_other_cores=0.5
+    )
 
 
 # --- value parsers: each returns the typed value or raises ValueError(reason) ---
@@ -263,6 +291,24 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(value: Any) -> float:
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise ValueError("must be > 0")
+    return seconds
+
+
 def _optional_path(value: Any) -> Path | None:
     return None if _string(value) == "" else _absolute_path(value)
 
@@ -339,6 +385,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "session_cpu": ("", _cpu),
         "session_pids": (4096, _pids),
         "tool_call_grace_seconds": (30, _seconds),
+    },
+    "collector": {
+        "enabled": (True, _bool),
+        "period_ms": (100, _int_range(10, 60_000)),
+        "detail_period_ms": (500, _int_range(10, 600_000)),
+        "window_seconds": (60, _positive_seconds),
+        "max_groups": (512, _int_range(1, 100_000)),
+        "dataset": (True, _bool),
+    },
+    "predictor": {
+        "model": ("", _optional_path),
+        "window_seconds": (1, _positive_seconds),
+        "solo_max_other_cores": (0.5, _seconds),
     },
     "api": {
         "tcp_listen": ("", _listen_address),
@@ -457,6 +516,8 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         guard=GuardConfig(**values["guard"]),
         source=source,
         prometheus=PrometheusConfig(**values["prometheus"]),
+        collector=CollectorConfig(**values["collector"]),
+        predictor=PredictorConfig(**values["predictor"]),
     )
 
 

@@ -44,8 +44,12 @@ from agentd.events import Event, EventBus
 from agentd.executors import Executors
 from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
+from agentd.metrics import build_collector
+from agentd.metrics.window import NodeWindow
 from agentd.model import Resources
 from agentd.observability.endpoint import MetricsEndpoint
+from agentd.predictor import load_predictor
+from agentd.predictor.placement import PlacementPredictor
 from agentd.sdk.launcher import launcher_path
 from agentd.sdnotify import Notifier
 from agentd.store import Store
@@ -250,6 +254,12 @@ class Daemon:
         manager = Manager(backend, store, node, tracker=tracker, bus=bus)
         manager.guard = start_guard(cfg.guard, tracker, backend, bus)
         recovered = manager.recover()
+        # Interference metrics and the dataset (docs/metrics.md); the predictor reads
+        # the collector's node window (self.collector.node_window()).
+        self.collector = build_collector(cfg, backend, bus)
+        if self.collector is not None:
+            self.collector.start()
+        self.predictor = load_predictor(cfg)
         if tracker is not None:
             threading.Thread(
                 target=forward_process_events,
@@ -276,7 +286,10 @@ class Daemon:
         metrics = start_metrics(cfg, manager, tracker, bus)
         executors = Executors(manager, tracker)
         service = AgentService(manager, tokens, lambda: node_info, executors)
-        node_api = NodeApi(cfg, manager, node, tokens)
+        window = self.collector.node_window if self.collector is not None else NodeWindow
+        node_api = NodeApi(
+            cfg, manager, node, tokens, predictor=PlacementPredictor(self.predictor, window)
+        )
         node_api.service.on_session_evicted = executors.drop_session
         service.reservations = node_api.reservations
         socket_path = str(cfg.daemon.socket)
@@ -314,6 +327,7 @@ class Daemon:
             groups.join(2.0)
             # Each step on its own: one failing must not keep the others from running.
             for step in (
+                self.collector.stop if self.collector is not None else lambda: None,
                 manager.remove_pending,
                 lambda: manager.save_trees(now=float("inf")),  # needs the tracker alive
                 manager.guard.stop if manager.guard is not None else lambda: None,

@@ -270,6 +270,19 @@ def build_parser() -> _Parser:
     )
     p.set_defaults(handler=cmd_top)
 
+    p = sub.add_parser(
+        "predict",
+        parents=[common, json_flag],
+        help="predicted slowdown of a tool call placed here now",
+        description="Ask NodeService.ScorePlacement how much slower a tool call with this "
+        "label (and memory, cpu) would run on this node now than alone: predicted_slowdown, "
+        "its interval low..high, and the model that answered (docs/predictor.md).",
+    )
+    p.add_argument("--label", required=True, help="the tool call's label, e.g. 'pytest'")
+    p.add_argument("--memory", type=size_arg, metavar="SIZE", help="memory, e.g. 1G")
+    p.add_argument("--cpu", type=cpu_arg, metavar="CORES", help="CPU cores, e.g. 1 or 500m")
+    p.set_defaults(handler=cmd_predict)
+
     from agentd.cli import certs
 
     certs.add_parser(sub)
@@ -612,6 +625,59 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(table(["  NAME", "STATE"], [[f"  {k}", v] for k, v in caps.items()]))
     else:
         print("  (none reported)")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import grpc
+
+    from agentd.sdk.client import resources
+    from agentd.sdk.node import LocalNodeClient
+    from agentd.v1 import agent_pb2, node_pb2
+
+    request = node_pb2.ScorePlacementRequest(
+        candidates=[
+            node_pb2.Candidate(
+                id="candidate",
+                intent=agent_pb2.Intent(
+                    label=args.label, resources=resources(args.memory, None, None, args.cpu, None)
+                ),
+            )
+        ]
+    )
+    try:
+        client = LocalNodeClient(args.socket)
+        try:
+            response = client.call("ScorePlacement", request)
+        finally:
+            client.close()
+    except OSError as e:
+        raise CliError(f"cannot reach agentd at {args.socket}: {e}", EXIT_DAEMON_ERROR) from None
+    except grpc.RpcError as e:
+        code = EXIT_USAGE if e.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_DAEMON_ERROR  # type: ignore[attr-defined]
+        raise CliError(f"predict: {e.details()}", code) from None  # type: ignore[attr-defined]
+    score = response.scores[0]
+    if not score.HasField("prediction"):
+        raise CliError("predict: the daemon has no predictor", EXIT_DAEMON_ERROR)
+    data = {
+        "label": args.label,
+        "predicted_slowdown": round(score.prediction.predicted_slowdown, 4),
+        "low": round(score.prediction.low, 4),
+        "high": round(score.prediction.high, 4),
+        "model": score.prediction.model,
+        "feasible": score.feasible,
+        "reason": score.reason,
+        "score": round(score.score, 2),
+    }
+    if args.json:
+        _print_json(data)
+    else:
+        print(
+            f"{args.label}: {data['predicted_slowdown']:.2f}x slower than alone "
+            f"({data['low']:.2f}..{data['high']:.2f}), model {data['model']}, "
+            f"placement score {data['score']:.0f}"
+            + ("" if score.feasible else f" (does not fit: {score.reason})")
+        )
     return EXIT_OK
 
 

@@ -1,0 +1,249 @@
+"""Slowdown models, all with one interface: fit on feature rows, predict a slowdown
+and an interval (by default the 10th-90th percentile, an 80% interval).
+
+The learned models predict log(slowdown) so that "twice as slow" and "half the
+extra time" are symmetric errors, and clip at 1 (a tool call is never faster than
+alone, by definition of its solo baseline; measured faster runs are noise).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agentd.predictor.features import FEATURE_NAMES
+
+Array = NDArray[np.float64]
+QUANTILES = (0.1, 0.9)
+
+#: The PSI columns: "linear on PSI" uses only these.
+PSI_COLUMNS = [
+    FEATURE_NAMES.index(n)
+    for n in ("psi_cpu_some", "psi_memory_some", "psi_memory_full", "psi_io_some", "psi_io_full")
+]
+
+
+class SlowdownModel(Protocol):
+    name: str
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None: ...
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        """(slowdown, low, high), each of shape (n,)."""
+        ...
+
+
+def _residual_bounds(residuals: Array) -> tuple[float, float]:
+    if residuals.size == 0:
+        return 0.0, 0.0
+    low, high = np.quantile(residuals, QUANTILES)
+    return float(low), float(high)
+
+
+class NoSlowdown:
+    """Baseline: every call runs as fast as alone."""
+
+    name = "no-slowdown"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        self._low, self._high = _residual_bounds(np.log(y))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        ones = np.ones(len(x))
+        return ones, np.exp(self._low) * ones, np.exp(self._high) * ones
+
+
+class ClassMean:
+    """Baseline: the mean slowdown the class saw in training (all classes' mean for a
+    class never seen)."""
+
+    name = "class-mean"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        logs = np.log(y)
+        self._overall = float(logs.mean()) if len(logs) else 0.0
+        self._means: dict[str, float] = {}
+        for cls in set(classes):
+            mask = np.array([c == cls for c in classes])
+            self._means[cls] = float(logs[mask].mean())
+        fitted = np.array([self._means[c] for c in classes])
+        self._low, self._high = _residual_bounds(logs - fitted)
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = np.array([self._means.get(c, self._overall) for c in classes])
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class PsiLinear:
+    """Baseline: least squares on the node's PSI fractions only."""
+
+    name = "psi-linear"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import LinearRegression
+
+        self._model = LinearRegression().fit(x[:, PSI_COLUMNS], np.log(y))
+        self._low, self._high = _residual_bounds(np.log(y) - self._model.predict(x[:, PSI_COLUMNS]))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(x[:, PSI_COLUMNS])
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class RidgeModel:
+    """Linear on all features (standardized), L2-regularized."""
+
+    name = "ridge"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self._model = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(x, np.log(y))
+        self._low, self._high = _residual_bounds(np.log(y) - self._model.predict(x))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(x)
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class OnlineSGD:
+    """An online learner: one pass of SGD over the records in time order, as the
+    daemon would see them (partial_fit per record), on standardized features."""
+
+    name = "online-sgd"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.linear_model import SGDRegressor
+        from sklearn.preprocessing import StandardScaler
+
+        self._scaler = StandardScaler()
+        self._model = SGDRegressor(
+            loss="huber", epsilon=0.2, alpha=1e-3, learning_rate="invscaling", eta0=0.02
+        )
+        logs = np.log(y)
+        residuals = []
+        for i in range(len(x)):
+            row = x[i : i + 1]
+            self._scaler.partial_fit(row)
+            scaled = self._scaler.transform(row)
+            if i > 0:  # prequential: the residual before learning from the row
+                residuals.append(logs[i] - float(self._model.predict(scaled)[0]))
+            self._model.partial_fit(scaled, logs[i : i + 1])
+        self._low, self._high = _residual_bounds(np.array(residuals))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._model.predict(self._scaler.transform(x))
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class GradientBoosting:
+    """Gradient-boosted trees (quantile loss) for the median and the two quantiles.
+
+    scikit-learn's classic GradientBoostingRegressor, not HistGradientBoosting: on a
+    few hundred rows both fit in well under a second, but predicting 10 rows costs
+    ~0.1 ms per model here against several ms for the histogram variant (per-call
+    thread-pool and binning overhead), and serving has a 5 ms budget.
+    """
+
+    name = "gbt"
+
+    def __init__(self, n_estimators: int = 80) -> None:
+        self._n_estimators = n_estimators
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        def quantile(q: float) -> GradientBoostingRegressor:
+            return GradientBoostingRegressor(
+                loss="quantile",
+                alpha=q,
+                n_estimators=self._n_estimators,
+                learning_rate=0.06,
+                max_depth=3,
+                min_samples_leaf=5,
+                subsample=0.8,
+                random_state=0,
+            ).fit(x, np.log(y))
+
+        self._mid = CompiledTrees(quantile(0.5))
+        self._low = CompiledTrees(quantile(QUANTILES[0]))
+        self._high = CompiledTrees(quantile(QUANTILES[1]))
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        return _bounded(self._mid.predict(x), self._low.predict(x), self._high.predict(x))
+
+
+class CompiledTrees:
+    """A fitted GradientBoostingRegressor as flat arrays, evaluated for all trees at
+    once with numpy: scikit-learn's predict() spends ~1 ms per call in input checks
+    and per-tree dispatch, which ScorePlacement (one call per candidate) would pay
+    ten times; this walks every tree one level per step (depth 3: three steps).
+    Same numbers as the estimator's predict() (tests/unit/test_predictor.py)."""
+
+    def __init__(self, model: Any) -> None:
+        trees = [est[0].tree_ for est in model.estimators_]
+        width = max(t.node_count for t in trees)
+
+        def stack(attr: str, fill: float) -> Array:
+            out = np.full((len(trees), width), fill)
+            for i, t in enumerate(trees):
+                values = getattr(t, attr)
+                out[i, : t.node_count] = values.reshape(t.node_count)
+            return out
+
+        self._left = stack("children_left", -1).astype(np.intp)
+        self._right = stack("children_right", -1).astype(np.intp)
+        self._feature = np.maximum(stack("feature", 0), 0).astype(np.intp)
+        self._threshold = stack("threshold", 0.0)
+        self._value = stack("value", 0.0)
+        self._depth = max(t.max_depth for t in trees)
+        self._rows = np.arange(len(trees))[:, None]
+        self._init = float(model.init_.constant_.reshape(-1)[0])
+        self._rate = float(model.learning_rate)
+
+    def predict(self, x: Array) -> Array:
+        x = x.astype(np.float32)  # as the trees were split: on float32 features
+        node = np.zeros((self._left.shape[0], x.shape[0]), dtype=np.intp)
+        cols = np.arange(x.shape[0])[None, :]
+        for _ in range(self._depth):
+            left = self._left[self._rows, node]
+            leaf = left < 0
+            go_left = x[cols, self._feature[self._rows, node]] <= self._threshold[self._rows, node]
+            node = np.where(leaf, node, np.where(go_left, left, self._right[self._rows, node]))
+        return self._init + self._rate * self._value[self._rows, node].sum(axis=0)
+
+
+def _bounded(mid: Array, low: Array, high: Array) -> tuple[Array, Array, Array]:
+    """From log space to slowdowns >= 1, with low <= mid <= high."""
+    mid_s = np.maximum(np.exp(mid), 1.0)
+    low_s = np.minimum(np.maximum(np.exp(low), 1.0), mid_s)
+    high_s = np.maximum(np.exp(high), mid_s)
+    return mid_s, low_s, high_s
+
+
+LEARNED: dict[str, type] = {
+    "gbt": GradientBoosting,
+    "ridge": RidgeModel,
+    "online-sgd": OnlineSGD,
+}
+BASELINES: dict[str, type] = {
+    "no-slowdown": NoSlowdown,
+    "psi-linear": PsiLinear,
+    "class-mean": ClassMean,
+}
+
+
+def psi_rule(psi_cpu: float, psi_mem_some: float, psi_io_some: float) -> tuple[float, float, float]:
+    """The fallback when no model is trained: a transparent rule, not fitted.
+
+    A task that wants the CPU waits about as often as others already do (PSI cpu
+    some is the share of time someone runnable waited); memory and I/O stalls add
+    their share. The interval widens with the pressure the rule cannot explain.
+    """
+    extra = psi_cpu + psi_mem_some + 0.5 * psi_io_some
+    mid = 1.0 + extra
+    return mid, 1.0, 1.0 + 2.0 * extra + 0.1
