@@ -32,8 +32,8 @@ from agentd.errors import (
     UnavailableError,
 )
 from agentd.events import Event, EventBus
+from agentd.enforcement.priorities import PriorityTable
 from agentd.model import (
-    CPU_WEIGHT,
     ExitStatus,
     Intent,
     Priority,
@@ -102,8 +102,11 @@ class Manager:
         spares_per_session: int = 2,
         tracker: Tracker | None = None,
         bus: EventBus | None = None,
+        priorities: PriorityTable | None = None,
     ) -> None:
         self.backend = backend
+        # Priority class -> CPU weight, memory protection, throttle settings ([priorities]).
+        self.priorities = priorities or PriorityTable.default()
         self.store = store
         self.node = node
         self.tracker = tracker
@@ -742,24 +745,15 @@ class Manager:
         return asked
 
     def _session_limits(self, session: Session) -> GroupLimits:
-        b = session.budget
-        return GroupLimits(
-            memory_max=b.memory_max,
-            memory_high=b.memory_high,
-            memory_low=b.memory_low,
-            cpu_max_cores=b.cpu,
-            cpu_weight=CPU_WEIGHT[session.priority],
-            pids_max=b.pids_max,
-        )
+        return self.priorities.session_limits(session.budget, session.priority, self.backend.name)
 
-    @staticmethod
-    def _group_limits(r: Resources, priority: Priority) -> GroupLimits:
+    def _group_limits(self, r: Resources, priority: Priority) -> GroupLimits:
         return GroupLimits(
             memory_max=r.memory_max,
             memory_high=r.memory_high,
             memory_low=r.memory_low,
             cpu_max_cores=r.cpu,
-            cpu_weight=CPU_WEIGHT[priority],
+            cpu_weight=self.priorities.cpu_weight(priority),
             pids_max=r.pids_max,
         )
 

@@ -1,0 +1,1 @@
+"""Enforcement: priority classes and the node pressure policy (docs/pressure.md)."""
