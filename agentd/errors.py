@@ -40,6 +40,19 @@ class FailedPreconditionError(AgentdError):
     pass
 
 
+class RetryLaterError(AgentdError):
+    """Refused for now; the same request may succeed after `retry_after_seconds`
+    (sent to gRPC clients as google.rpc.RetryInfo). Subclasses pick the code."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class TooSoonError(RetryLaterError, FailedPreconditionError):
+    """A limit or state was changed too recently to change again (anti-flapping)."""
+
+
 class UnavailableError(AgentdError):
     """The host cannot do it right now (e.g. cgroupfs unreachable)."""
 

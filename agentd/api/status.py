@@ -15,6 +15,7 @@ from agentd.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    RetryLaterError,
     UnavailableError,
 )
 
@@ -57,6 +58,10 @@ def to_status(error: AgentdError) -> grpc.Status:
                 error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.ident)
             )
         )
+    if isinstance(error, RetryLaterError):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(_packed(retry))
     return rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )

@@ -20,9 +20,16 @@ class GroupBusyError(CgroupError):
     """A group could not be removed because it still has processes or children."""
 
 
+#: A limit value meaning "no limit" (written as "max" on v2, -1 on v1): lifts a
+#: limit set earlier, which None (leave the file alone) cannot.
+UNLIMITED = -1
+
+
 @dataclass(frozen=True)
 class GroupLimits:
-    """Limits for one group; None leaves the kernel default (no limit / inherit).
+    """Limits for one group; None leaves the file as it is (on a new group: the
+    kernel default, no limit / inherit); UNLIMITED lifts memory_max, memory_high,
+    cpu_max_cores and pids_max.
 
     cpu_weight uses the v2 scale (1..10000, default 100); the v1 backend maps it to
     cpu.shares (weight * 1024 / 100).
@@ -94,6 +101,10 @@ class CgroupBackend(Protocol):
     def freeze(self, rel: str) -> None: ...
 
     def thaw(self, rel: str) -> None: ...
+
+    def is_frozen(self, rel: str) -> bool:
+        """Whether `rel` itself was asked to freeze (freezing or frozen)."""
+        ...
 
     def kill(self, rel: str, sig: int = signal.SIGKILL) -> int:
         """Signal every process in `rel` and its descendants; race-free against forks

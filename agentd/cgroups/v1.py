@@ -10,7 +10,7 @@ import contextlib
 import errno
 import signal
 
-from agentd.cgroups.base import CgroupError, GroupLimits, GroupUsage
+from agentd.cgroups.base import UNLIMITED, CgroupError, GroupLimits, GroupUsage
 from agentd.cgroups.common import (
     FREEZE_TIMEOUT_S,
     check_rel,
@@ -145,13 +145,16 @@ class V1Backend:
             w(f"{self._base['memory']}/{rel}/memory.soft_limit_in_bytes", str(limits.memory_high))
         # memory_low: no v1 knob (see supported_limits()).
         if limits.cpu_max_cores is not None:
-            quota = max(MIN_CFS_QUOTA_US, round(limits.cpu_max_cores * period))
+            quota = UNLIMITED
+            if limits.cpu_max_cores != UNLIMITED:
+                quota = max(MIN_CFS_QUOTA_US, round(limits.cpu_max_cores * period))
             w(f"{self._base['cpu']}/{rel}/cpu.cfs_quota_us", str(quota))
         if limits.cpu_weight is not None:
             shares = max(2, limits.cpu_weight * 1024 // 100)
             w(f"{self._base['cpu']}/{rel}/cpu.shares", str(shares))
         if limits.pids_max is not None:
-            w(f"{self._base['pids']}/{rel}/pids.max", str(limits.pids_max))
+            pids = "max" if limits.pids_max == UNLIMITED else str(limits.pids_max)
+            w(f"{self._base['pids']}/{rel}/pids.max", pids)
 
     def move(self, rel: str, pid: int) -> None:
         """Write `pid` to cgroup.procs in every hierarchy, memory first (see _ORDER).
@@ -217,6 +220,11 @@ class V1Backend:
     def thaw(self, rel: str) -> None:
         path = f"{join(self._base['freezer'], check_rel(rel))}/freezer.state"
         self._fs.write_text(path, "THAWED")
+
+    def is_frozen(self, rel: str) -> bool:
+        path = f"{join(self._base['freezer'], check_rel(rel))}/freezer.state"
+        # FREEZING counts: the group was asked to freeze and is getting there.
+        return self._fs.read_text(path).strip() != "THAWED"
 
     def kill(self, rel: str, sig: int = signal.SIGKILL) -> int:
         """Freeze the subtree, signal every pid in it, thaw; for SIGKILL wait until empty.

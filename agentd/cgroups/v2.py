@@ -14,7 +14,7 @@ import errno
 import os
 import signal
 
-from agentd.cgroups.base import CgroupError, GroupLimits, GroupUsage
+from agentd.cgroups.base import UNLIMITED, CgroupError, GroupLimits, GroupUsage
 from agentd.cgroups.common import (
     FREEZE_TIMEOUT_S,
     KILL_TIMEOUT_S,
@@ -178,18 +178,20 @@ class V2Backend:
     def _apply(self, path: str, limits: GroupLimits) -> None:
         w = self._fs.write_text
         if limits.memory_max is not None:
-            w(f"{path}/memory.max", str(limits.memory_max))
+            w(f"{path}/memory.max", _v2_value(limits.memory_max))
         if limits.memory_high is not None:
-            w(f"{path}/memory.high", str(limits.memory_high))
+            w(f"{path}/memory.high", _v2_value(limits.memory_high))
         if limits.memory_low is not None:
-            w(f"{path}/memory.low", str(limits.memory_low))
+            w(f"{path}/memory.low", str(max(0, limits.memory_low)))
         if limits.cpu_max_cores is not None:
-            quota = max(MIN_CPU_QUOTA_US, round(limits.cpu_max_cores * CPU_PERIOD_US))
+            quota = "max"
+            if limits.cpu_max_cores != UNLIMITED:
+                quota = str(max(MIN_CPU_QUOTA_US, round(limits.cpu_max_cores * CPU_PERIOD_US)))
             w(f"{path}/cpu.max", f"{quota} {CPU_PERIOD_US}")
         if limits.cpu_weight is not None:
             w(f"{path}/cpu.weight", str(min(10_000, max(1, limits.cpu_weight))))
         if limits.pids_max is not None:
-            w(f"{path}/pids.max", str(limits.pids_max))
+            w(f"{path}/pids.max", _v2_value(limits.pids_max))
 
     def move(self, rel: str, pid: int) -> None:
         check_rel(rel, allow_empty=False)
@@ -241,6 +243,10 @@ class V2Backend:
     def thaw(self, rel: str) -> None:
         self._fs.write_text(f"{self.path_of(rel)}/cgroup.freeze", "0")
 
+    def is_frozen(self, rel: str) -> bool:
+        # cgroup.freeze is what was asked (and inherited state shows in cgroup.events).
+        return self._fs.read_text(f"{self.path_of(rel)}/cgroup.freeze").strip() == "1"
+
     def _populated(self, path: str) -> bool:
         return parse_keyed(self._fs.read_text(f"{path}/cgroup.events")).get("populated") == 1
 
@@ -289,3 +295,7 @@ def _enable_hint(e: FsError, path: str, missing: list[str]) -> str:
     if e.errno == errno.ENOENT:
         return f"{e} (enabling {wanted}): the parent group does not offer these controllers"
     return f"{e} (enabling {wanted})"
+
+
+def _v2_value(value: int) -> str:
+    return "max" if value == UNLIMITED else str(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.cgroups.base import CgroupError, GroupBusyError, GroupLimits
+from agentd.cgroups.base import UNLIMITED, CgroupError, GroupBusyError, GroupLimits
 from agentd.cgroups.fs import CgroupFs, FsError
 from agentd.cgroups.v2 import V2Backend
 
@@ -237,6 +237,33 @@ def test_create_writes_limits_in_kernel_formats(fake: FakeCgroup2) -> None:
     # Controllers enabled in the session group (the tool call's parent).
     assert set(fake.enabled(f"{MOUNT}/agentd/sessions/s1")) == {"memory", "cpu", "pids"}
     assert b.supported_limits() >= {"memory_low"}
+
+
+def test_unlimited_lifts_limits_in_kernel_formats(fake: FakeCgroup2) -> None:
+    b = backend(fake)
+    b.create("sessions/s1", GroupLimits(memory_max=1 << 30, cpu_max_cores=0.5, pids_max=9))
+    b.set_limits(
+        "sessions/s1",
+        GroupLimits(
+            memory_max=UNLIMITED, memory_high=UNLIMITED, cpu_max_cores=UNLIMITED, pids_max=UNLIMITED
+        ),
+    )
+    files = fake.files[f"{MOUNT}/agentd/sessions/s1"]
+    assert files["memory.max"] == "max\n"
+    assert files["memory.high"] == "max\n"
+    assert files["cpu.max"] == "max 100000\n"
+    assert files["pids.max"] == "max\n"
+
+
+def test_freeze_state_is_read_back(fake: FakeCgroup2) -> None:
+    b = backend(fake)
+    b.create("sessions/s1", GroupLimits())
+    assert not b.is_frozen("sessions/s1")
+    # Asked to freeze is what counts, even before every task is frozen.
+    fake.files[f"{MOUNT}/agentd/sessions/s1"]["cgroup.freeze"] = "1\n"
+    assert b.is_frozen("sessions/s1")
+    b.thaw("sessions/s1")
+    assert not b.is_frozen("sessions/s1")
 
 
 def test_tiny_cpu_quota_is_clamped_to_kernel_minimum(fake: FakeCgroup2) -> None:
