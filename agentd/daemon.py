@@ -35,6 +35,9 @@ from agentd.cgroups.detect import (
 from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, add_arguments, load_config
+from agentd.control import MIN_INTERVAL_SECONDS, Control
+from agentd.enforcement.controller import start_pressure
+from agentd.enforcement.priorities import PriorityTable
 from agentd.events import Event, EventBus
 from agentd.executors import Executors
 from agentd.log import configure_logging
@@ -147,6 +150,11 @@ def node_limits(cfg: Config) -> NodeLimits:
     )
 
 
+def _min_interval(cfg: Config) -> float:
+    """Control's anti-flap interval: [pressure] min_rewrite_interval_seconds."""
+    return cfg.pressure.min_rewrite_interval_seconds if cfg.pressure else MIN_INTERVAL_SECONDS
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -192,7 +200,8 @@ class Daemon:
         store = Store(cfg.daemon.state_dir)
         tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage)
         bus = EventBus()
-        manager = Manager(backend, store, node, tracker=tracker, bus=bus)
+        priorities = PriorityTable.from_config(cfg.priorities)
+        manager = Manager(backend, store, node, tracker=tracker, bus=bus, priorities=priorities)
         recovered = manager.recover()
         if tracker is not None:
             threading.Thread(
@@ -207,6 +216,11 @@ class Daemon:
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
         )
         warmer.start()
+        # The one writer of throttle / freeze / resume (shared with the scheduler API).
+        control = Control(manager, min_interval_seconds=_min_interval(cfg))
+        pressure = start_pressure(
+            cfg.pressure, manager, control, priorities, node.allocatable_memory
+        )
         groups = threading.Thread(
             target=self._group_worker, args=(manager,), name="agentd-groups", daemon=True
         )
@@ -236,6 +250,8 @@ class Daemon:
             service.stopping.set()
             server.stop()
             warmer.stop()
+            if pressure is not None:
+                pressure.stop()
             executors.stop()
             groups.join(2.0)
             # Each step on its own: one failing must not keep the others from running.

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from agentd.cgroups.base import CgroupBackend, CgroupError, GroupBusyError, GroupLimits
+from agentd.enforcement.priorities import PriorityTable
 from agentd.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -32,7 +33,6 @@ from agentd.errors import (
     UnavailableError,
 )
 from agentd.events import Event, EventBus
-from agentd.enforcement.priorities import PriorityTable
 from agentd.model import (
     ExitStatus,
     Intent,

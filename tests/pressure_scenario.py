@@ -154,8 +154,10 @@ def run(socket: str, knobs: Knobs, workdir: Path, timeout: float = 60.0) -> Obse
             ia_mem.wait(30)
             procs.remove(ia_mem)
             obs.resumed_after = wait_for(
-                lambda: not knobs.frozen(ba.id)
-                and (knobs.cpu_quota(ba.id), knobs.memory_high(ba.id)) == obs.batch_initial,
+                lambda: (
+                    not knobs.frozen(ba.id)
+                    and (knobs.cpu_quota(ba.id), knobs.memory_high(ba.id)) == obs.batch_initial
+                ),
                 timeout,
                 watch_interactive,
             )

@@ -15,8 +15,16 @@ import time
 import structlog
 from prometheus_client import Counter, Gauge
 
+from agentd.config import PressureConfig
 from agentd.control import Control, Target
-from agentd.enforcement.policy import Action, Candidate, Level, PressurePolicy, Thresholds, classify
+from agentd.enforcement.policy import (
+    Action,
+    Candidate,
+    Level,
+    PressurePolicy,
+    Thresholds,
+    classify,
+)
 from agentd.enforcement.pressure import PressureMonitor, PsiTrigger
 from agentd.enforcement.priorities import PriorityTable
 from agentd.errors import AgentdError, NotFoundError
@@ -162,3 +170,34 @@ class PressureController:
                 trigger.wait(self.interval_seconds)
         finally:
             trigger.close()
+
+
+def start_pressure(
+    cfg: PressureConfig | None,
+    manager: Manager,
+    control: Control,
+    priorities: PriorityTable,
+    allocatable_memory: int,
+) -> PressureController | None:
+    """Build and start the pressure loop from [pressure]; None when it is disabled."""
+    if cfg is None or not cfg.enabled:
+        log.info("pressure.disabled")
+        return None
+    controller = PressureController(
+        manager,
+        control,
+        PressureMonitor(manager.backend, allocatable_memory, manager.bus, cfg.guard_window_seconds),
+        PressurePolicy(cfg.dwell_seconds, cfg.min_rewrite_interval_seconds),
+        Thresholds(
+            memory_psi_enter=cfg.memory_psi_enter,
+            memory_psi_exit=cfg.memory_psi_exit,
+            cpu_psi_enter=cfg.cpu_psi_enter,
+            cpu_psi_exit=cfg.cpu_psi_exit,
+            usage_enter=cfg.usage_enter,
+            usage_exit=cfg.usage_exit,
+        ),
+        priorities,
+        cfg.interval_seconds,
+    )
+    controller.start()
+    return controller

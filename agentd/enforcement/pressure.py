@@ -159,8 +159,9 @@ class PressureMonitor:
         count = usage.oom_kills + self._memory_max_events()
         new = 0 if self._last_limit_count is None else max(count - self._last_limit_count, 0)
         self._last_limit_count = count
-        fraction = usage.memory_current / self.allocatable_memory if self.allocatable_memory else None
-        return fraction, new
+        if not self.allocatable_memory:
+            return None, new
+        return usage.memory_current / self.allocatable_memory, new
 
     def _memory_max_events(self) -> int:
         """v2 memory.events "max": allocations that hit the node budget and reclaimed."""
@@ -190,4 +191,3 @@ class PressureMonitor:
         while self._guard_times and now - self._guard_times[0] > self.guard_window_seconds:
             self._guard_times.popleft()
         return len(self._guard_times)
-

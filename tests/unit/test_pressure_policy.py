@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agentd.enforcement.policy import (
@@ -15,8 +17,8 @@ from agentd.enforcement.policy import (
 )
 from agentd.model import Priority
 
-I, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BATCH
-SESSIONS = [Candidate("ia", I), Candidate("no", N), Candidate("ba", B), Candidate("bb", B)]
+INTER, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BATCH
+SESSIONS = [Candidate("ia", INTER), Candidate("no", N), Candidate("ba", B), Candidate("bb", B)]
 TICK = 0.5
 
 
@@ -44,7 +46,7 @@ def test_classify_enter_exit_and_band() -> None:
     assert classify(Sample(0, memory_psi=10.0, usage_fraction=0.1), t)[0] == Level.HOLD
     assert classify(Sample(0, memory_psi=1.0, usage_fraction=0.8), t)[0] == Level.HOLD
     assert classify(Sample(0, memory_psi=1.0, usage_fraction=0.5), t)[0] == Level.LOW
-    level, reasons = classify(Sample(0, memory_psi=30.0, usage_fraction=0.95), t)
+    _, reasons = classify(Sample(0, memory_psi=30.0, usage_fraction=0.95), t)
     assert reasons == ["memory_psi=30>=20", "usage_fraction=0.95>=0.9"]
 
 
@@ -130,7 +132,7 @@ def test_no_session_rewritten_within_the_min_interval() -> None:
         times.setdefault(sid, []).append(now)
     for sid, ts in times.items():
         distinct = sorted(set(ts))  # throttle+freeze of one session in one tick is one change
-        gaps = [b - a for a, b in zip(distinct, distinct[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(distinct)]
         assert all(g >= 5 for g in gaps), (sid, ts)
     # and the resume still happens, once the interval allows it (the freeze due at 1
     # was held back by the interval too, then no longer wanted)
@@ -171,7 +173,7 @@ def test_new_session_joins_its_class_state_and_closed_ones_are_forgotten() -> No
 
 def test_no_candidates_no_escalation_into_empty_classes() -> None:
     policy = PressurePolicy(dwell_seconds=1, min_rewrite_interval_seconds=1)
-    assert run(policy, constant(Level.HIGH, 0, 10), sessions=[Candidate("ia", I)]) == []
+    assert run(policy, constant(Level.HIGH, 0, 10), sessions=[Candidate("ia", INTER)]) == []
     assert policy.level == 0
     # Only normal sessions: batch steps are passed over.
     log = run(policy, constant(Level.HIGH, 10, 1), sessions=[Candidate("no", N)])
@@ -180,4 +182,4 @@ def test_no_candidates_no_escalation_into_empty_classes() -> None:
 
 def test_interactive_cannot_be_put_on_the_ladder() -> None:
     with pytest.raises(ValueError, match="interactive"):
-        PressurePolicy(classes=(B, I))
+        PressurePolicy(classes=(B, INTER))
