@@ -208,6 +208,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
             context.abort_with_status(to_status(e))
 
         def accept(event: Event) -> bool:
+            # WatchEvent carries process and tool-call events only; the daemon's other
+            # kinds (pressure, throttled, ...) have no message here yet.
+            if event.kind not in ("process", "tool_call_begun", "tool_call_ended"):
+                return False
             if session_id and event.session_id != session_id:
                 return False
             return caller.is_root or event.owner_uid == caller.uid

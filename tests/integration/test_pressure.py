@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import psutil
@@ -62,7 +63,27 @@ def log_events(daemon: AgentdProcess, name: str) -> list[dict]:
 
 def test_batch_throttled_frozen_resumed_while_interactive_runs(pressured_agentd, tmp_path):
     daemon = pressured_agentd
+    # A root watcher of every session: the policy's events (throttled, frozen, ...) go
+    # through the same bus and must not break the agents' Watch stream.
+    watcher = daemon.client()
+    seen: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            for event in watcher.watch():
+                seen.append((event.session_id, event.WhichOneof("event") or ""))
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
     obs = scenario.run(daemon.socket, v1_knobs(daemon.cgroup_root), tmp_path, timeout=60)
+    watcher.close()
+    thread.join(10)
+    assert not errors, errors
+    # tool calls begun (start) and ended (cleanup, after the throttle and the freeze)
+    assert seen.count(("pressure-ba", "tool_call")) >= 4, seen[-20:]
     assert not obs.notes, obs
     # Throttled: the class's cpu quota (batch_throttle_cpu 100m of a 100 ms period) and
     # soft limit (batch_throttle_memory_high 0.5 of the 280 MiB budget), in cgroupfs.
