@@ -22,6 +22,7 @@ from agentd.enforcement.policy import (
     Candidate,
     Level,
     PressurePolicy,
+    Status,
     Thresholds,
     classify,
 )
@@ -147,7 +148,25 @@ class PressureController:
 
     # ---- the loop ---------------------------------------------------------------
 
+    def adopt_frozen(self, now: float | None = None) -> int:
+        """After a restart: sessions of a throttleable class found frozen are taken back
+        into the policy's state, so that they are resumed when the pressure is gone.
+        (A throttle without a freeze cannot be told apart from a budget here: it stays
+        until resumed through the API.)"""
+        now = time.monotonic() if now is None else now
+        adopted = 0
+        for session in self.manager.list_sessions(ROOT):
+            if self.priorities.throttleable(session.priority) and self.control.is_frozen(
+                Target(session.id)
+            ):
+                self.policy.adopt(now, session.id, session.priority, Status.FROZEN)
+                adopted += 1
+        if adopted:
+            log.info("pressure.adopted_frozen", sessions=adopted, state=self.policy.state)
+        return adopted
+
     def start(self) -> None:
+        self.adopt_frozen()
         self._thread = threading.Thread(target=self._run, name="agentd-pressure", daemon=True)
         self._thread.start()
 

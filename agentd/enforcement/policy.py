@@ -173,6 +173,18 @@ class PressurePolicy:
         else:
             self._status.pop(action.session_id, None)
 
+    def adopt(self, now: float, session_id: str, priority: Priority, status: Status) -> None:
+        """A session found in `status` at start (a daemon restart while the policy held
+        it): remember it, and put the ladder at least as high as that status implies, so
+        that it is resumed by the usual rule (LOW for a dwell), not left as it is."""
+        if priority not in self.classes or status == Status.NONE:
+            return
+        self._status[session_id] = status
+        step = self._ladder.index(_Step(priority, status)) + 1
+        if step > self.level:
+            self.level = step
+        self._last_change = now
+
     def forget(self, session_id: str) -> None:
         self._status.pop(session_id, None)
         self._last_write.pop(session_id, None)

@@ -57,27 +57,34 @@ def read_psi(path: str) -> float | None:
 
 class PsiTrigger:
     """A PSI trigger: poll() returns when memory stalls exceed `stall_us` within
-    `window_us` (the kernel's minimum window is 500 ms). Without PSI, wait() sleeps."""
+    `window_us`. Without CAP_SYS_RESOURCE the kernel (6.x) accepts only windows that
+    are multiples of 2 s, so a refused window is retried as 2 s with the same share of
+    stall. Without PSI, wait() sleeps."""
 
     def __init__(
         self, path: str = NODE_MEMORY_PSI, stall_us: int = 100_000, window_us: int = 1_000_000
     ) -> None:
         self._fd: int | None = None
         self._poll: select.poll | None = None
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            log.info("pressure.trigger_unavailable", path=path, error=os.strerror(e.errno or 0))
+        self.window_us = 0
+        unprivileged = (stall_us * 2_000_000 // window_us, 2_000_000)
+        for stall, window in ((stall_us, window_us), unprivileged):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                log.info("pressure.trigger_unavailable", path=path, error=os.strerror(e.errno or 0))
+                return
+            try:
+                os.write(fd, f"some {stall} {window}\0".encode())
+            except OSError as e:
+                os.close(fd)
+                error = os.strerror(e.errno or 0)
+                continue
+            self._fd, self.window_us = fd, window
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLPRI)
             return
-        try:
-            os.write(fd, f"some {stall_us} {window_us}\0".encode())
-        except OSError as e:
-            os.close(fd)
-            log.info("pressure.trigger_unavailable", path=path, error=os.strerror(e.errno or 0))
-            return
-        self._fd = fd
-        self._poll = select.poll()
-        self._poll.register(fd, select.POLLPRI)
+        log.info("pressure.trigger_unavailable", path=path, error=error)
 
     @property
     def armed(self) -> bool:

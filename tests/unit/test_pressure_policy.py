@@ -183,3 +183,14 @@ def test_no_candidates_no_escalation_into_empty_classes() -> None:
 def test_interactive_cannot_be_put_on_the_ladder() -> None:
     with pytest.raises(ValueError, match="interactive"):
         PressurePolicy(classes=(B, INTER))
+
+
+def test_adopted_frozen_session_is_resumed_by_the_usual_rule() -> None:
+    policy = PressurePolicy(dwell_seconds=2, min_rewrite_interval_seconds=2)
+    policy.adopt(0.0, "ba", B, Status.FROZEN)
+    assert policy.state == "freezing" and policy.level == 2
+    sessions = [Candidate("ba", B), Candidate("ia", INTER)]
+    assert run(policy, constant(Level.HOLD, 0, 10), sessions) == []  # not resumed blindly
+    assert run(policy, constant(Level.LOW, 10, 3), sessions) == [(12.0, "resume", "ba")]
+    policy.adopt(20.0, "ia", INTER, Status.FROZEN)  # never interactive
+    assert policy.status_of("ia") == Status.NONE
