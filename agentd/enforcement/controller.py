@@ -90,13 +90,17 @@ class PressureController:
         if self.policy.state != before:
             self._publish_state(before, level, reasons, sample.as_details())
         done = []
+        failed: set[str] = set()
         for action in actions:
             session = sessions.get(action.session_id)
-            if session is None:
+            # A freeze follows its session's throttle only if the throttle took.
+            if session is None or action.session_id in failed:
                 continue
             if self._apply(action, session.budget):
                 self.policy.applied(now, action)
                 done.append(action)
+            else:
+                failed.add(action.session_id)
         return done
 
     def _apply(self, action: Action, budget: Resources) -> bool:
