@@ -197,6 +197,10 @@ class Manager:
     def close_session(self, caller: Caller, session_id: str) -> tuple[Session, list[ToolCall]]:
         with self._lock:
             session = self.get_session(caller, session_id)
+            # A session frozen by the pressure policy or the scheduler: on v1 its tasks
+            # cannot die until thawed (killing a tool call thaws only its own group).
+            with contextlib.suppress(CgroupError):
+                self.backend.thaw(session.cgroup_rel)
             ended = [
                 self._finish(t, ExitStatus(), kill=True)
                 for t in list(self._tool_calls.values())

@@ -197,3 +197,21 @@ def test_restart_resumes_a_batch_session_left_frozen(pressured_agentd):
         with daemon.client() as again:
             again.attach(session.id).close()
         proc.popen.wait(10)
+
+
+def test_closing_a_frozen_session_ends_it(pressured_agentd):
+    """A session the policy froze can still be closed: its tool calls are killed (on
+    v1 a frozen task cannot die until thawed) and its groups removed."""
+    daemon = pressured_agentd
+    with daemon.client() as client:
+        session = client.session("frozen-close", memory=100 * MiB, priority="batch")
+        proc = session.start(["/bin/sleep", "120"])
+        state = FREEZER / daemon.cgroup_root / "sessions" / session.id / "freezer.state"
+        state.write_text("FROZEN")
+        try:
+            session.close()
+            assert proc.popen.wait(10) == -9
+        finally:
+            if state.exists():
+                state.write_text("THAWED")
+        assert not state.exists()
