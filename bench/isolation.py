@@ -156,10 +156,11 @@ def traces(folder: Path) -> tuple[str, dict[str, list[tuple[float, float]]]]:
 
 
 def to_steps(
-    trace: list[tuple[float, float]], baseline_mb: float, scale: float
+    trace: list[tuple[float, float]], baseline_mb: float, scale: float, cpu_scale: float
 ) -> list[tuple[float, float]]:
-    """Tool-call memory: the recorded figure minus the agent's own baseline, scaled."""
-    return [(max(mem - baseline_mb, 0.0) * scale, cpu) for mem, cpu in trace]
+    """Tool-call memory: the recorded figure minus the agent's own baseline, scaled;
+    CPU scaled too (the replay compresses time, and this 2-core machine is shared)."""
+    return [(max(mem - baseline_mb, 0.0) * scale, cpu * cpu_scale) for mem, cpu in trace]
 
 
 # ---- the daemons and one run --------------------------------------------------------
@@ -258,6 +259,7 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=0.05,
                         help="replay time of one trace sample (recorded: ~1 s)")  # fmt: skip
     parser.add_argument("--memory-scale", type=float, default=0.25)
+    parser.add_argument("--cpu-scale", type=float, default=0.2)
     parser.add_argument("--baseline-mb", type=float, default=150.0,
                         help="the agent's own memory in the traces, not a tool call's")  # fmt: skip
     parser.add_argument("--budget-fraction", type=float, default=0.6,
@@ -276,8 +278,10 @@ def main() -> int:
     from agentd_process import AgentdProcess
 
     source, raw = traces(args.traces)
-    high = to_steps(raw[HIGH_TASK], args.baseline_mb, args.memory_scale)
-    lows = [to_steps(raw[n], args.baseline_mb, args.memory_scale) for n in LOW_TASKS]
+    high = to_steps(raw[HIGH_TASK], args.baseline_mb, args.memory_scale, args.cpu_scale)
+    lows = [
+        to_steps(raw[n], args.baseline_mb, args.memory_scale, args.cpu_scale) for n in LOW_TASKS
+    ]
     peaks = [max(m for m, _ in s) for s in (high, *lows)]
     budget = int(sum(peaks) * args.budget_fraction * MiB)
     if budget < peaks[0] * MiB * 1.5:

@@ -83,8 +83,9 @@ class PressureController:
             PRESSURE_SIGNAL.labels(name).set(float(value))
         sessions = {s.id: s for s in self.manager.list_sessions(ROOT)}
         before = self.policy.state
+        busy = {s.priority for s in sessions.values() if self.manager.running_count(s.id)}
         actions = self.policy.step(
-            now, level, [Candidate(s.id, s.priority) for s in sessions.values()]
+            now, level, [Candidate(s.id, s.priority) for s in sessions.values()], busy
         )
         PRESSURE_LEVEL.set(self.policy.level)
         if self.policy.state != before:

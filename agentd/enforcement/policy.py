@@ -19,7 +19,7 @@ after the first reaction the output holds still until the input settles.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from agentd.model import Priority
@@ -137,6 +137,7 @@ class PressurePolicy:
         self._low_since: float | None = None
         self._status: dict[str, Status] = {}
         self._last_write: dict[str, float] = {}
+        self._busy: Collection[Priority] | None = None
 
     @property
     def state(self) -> str:
@@ -148,16 +149,33 @@ class PressurePolicy:
     def status_of(self, session_id: str) -> Status:
         return self._status.get(session_id, Status.NONE)
 
-    def step(self, now: float, level: Level, candidates: Iterable[Candidate]) -> list[Action]:
+    def step(
+        self,
+        now: float,
+        level: Level,
+        candidates: Iterable[Candidate],
+        busy: Collection[Priority] | None = None,
+    ) -> list[Action]:
         """Advance the state machine by one sample; the actions to carry out now.
+
+        `busy`: the classes with running tool calls (None: unknown, taken as all).
+        Freezing a class frees no memory; it only protects the work of higher classes.
+        So a class is frozen only while a higher class is busy, and resumed (after a
+        dwell) when none is, even if the pressure stays: with nothing to protect,
+        pausing would only stall it (its frozen memory would keep the pressure high).
 
         The caller reports each action's outcome with `applied` (so a refused or failed
         one is tried again on a later step).
         """
         sessions = [c for c in candidates if c.priority in self.classes]
         present = {c.priority for c in sessions}
+        self._busy = busy
         self._track_streaks(now, level)
-        if level == Level.HIGH and self._due(now, self._high_since):
+        top = self._ladder[self.level - 1] if self.level else None
+        if top and top.status == Status.FROZEN and not self._protects(top.priority):
+            if now - (self._last_change or 0.0) >= self.dwell_seconds:
+                self._deescalate(now)
+        elif level == Level.HIGH and self._due(now, self._high_since):
             self._escalate(now, present)
         elif level == Level.LOW and self._due(now, self._low_since):
             self._deescalate(now)
@@ -213,11 +231,19 @@ class PressurePolicy:
         # around a threshold would throttle-resume-throttle.
         return now - since >= self.dwell_seconds
 
+    def _protects(self, priority: Priority) -> bool:
+        """Whether a class above `priority` has work running (unknown: yes)."""
+        return self._busy is None or any(p < priority for p in self._busy)
+
     def _escalate(self, now: float, present: set[Priority]) -> None:
-        """Up one step; steps of classes with no session are passed over."""
+        """Up one step; steps of classes with no session are passed over, and a freeze
+        is not a step to take while no higher class is busy."""
         target = self.level + 1
         while target <= len(self._ladder):
-            if self._ladder[target - 1].priority in present:
+            step = self._ladder[target - 1]
+            if step.priority in present:
+                if step.status == Status.FROZEN and not self._protects(step.priority):
+                    return
                 self._move(now, target)
                 return
             target += 1

@@ -194,3 +194,35 @@ def test_adopted_frozen_session_is_resumed_by_the_usual_rule() -> None:
     assert run(policy, constant(Level.LOW, 10, 3), sessions) == [(12.0, "resume", "ba")]
     policy.adopt(20.0, "ia", INTER, Status.FROZEN)  # never interactive
     assert policy.status_of("ia") == Status.NONE
+
+
+def test_freezes_only_while_a_higher_class_is_busy() -> None:
+    policy = PressurePolicy(dwell_seconds=2, min_rewrite_interval_seconds=2)
+    sessions = [Candidate("ia", INTER), Candidate("ba", B)]
+    log = []
+    for now, level in constant(Level.HIGH, 0, 10):
+        # interactive busy for 5 s, then its tool calls end; the pressure stays HIGH
+        busy = {INTER, B} if now < 5 else {B}
+        for action in policy.step(now, level, sessions, busy):
+            policy.applied(now, action)
+            log.append((now, action.kind, action.session_id))
+    # throttled at once, frozen after a dwell; resumed a dwell after the freeze once
+    # nothing above batch runs; throttled again after HIGH held a dwell; never refrozen
+    assert log == [
+        (0.0, "throttle", "ba"),
+        (2.0, "freeze", "ba"),
+        (5.0, "resume", "ba"),
+        (7.0, "throttle", "ba"),
+    ]
+    assert policy.state == "throttling"
+
+
+def test_batch_alone_under_pressure_is_throttled_not_frozen() -> None:
+    policy = PressurePolicy(dwell_seconds=1, min_rewrite_interval_seconds=1)
+    sessions = [Candidate("ba", B), Candidate("bb", B)]
+    log = []
+    for now, level in constant(Level.HIGH, 0, 10):
+        for action in policy.step(now, level, sessions, busy={B}):
+            policy.applied(now, action)
+            log.append(action.kind)
+    assert log == ["throttle", "throttle"]
