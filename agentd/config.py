@@ -131,6 +131,40 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class PrioritiesConfig:
+    """Per priority class: CPU weight, memory protection (fraction of the session's
+    memory budget) and what the pressure policy writes when it throttles the class."""
+
+    interactive_cpu_weight: int
+    normal_cpu_weight: int
+    batch_cpu_weight: int
+    interactive_memory_protection: float
+    normal_memory_protection: float
+    batch_memory_protection: float
+    normal_throttle_memory_high: float
+    batch_throttle_memory_high: float
+    normal_throttle_cpu: float
+    batch_throttle_cpu: float
+
+
+@dataclass(frozen=True)
+class PressureConfig:
+    """The node pressure policy (agentd/enforcement): signals, thresholds, pacing."""
+
+    enabled: bool
+    interval_seconds: float
+    memory_psi_enter: float
+    memory_psi_exit: float
+    cpu_psi_enter: float
+    cpu_psi_exit: float
+    usage_enter: float
+    usage_exit: float
+    guard_window_seconds: float
+    dwell_seconds: float
+    min_rewrite_interval_seconds: float
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
     cgroup: CgroupConfig
@@ -152,6 +186,8 @@ class Config:
     predictor: PredictorConfig = PredictorConfig(
         model=None, window_seconds=1.0, solo_max_other_cores=0.5
     )
+    priorities: PrioritiesConfig | None = None
+    pressure: PressureConfig | None = None
 
 
 # --- value parsers: each returns the typed value or raises ValueError(reason) ---
@@ -302,6 +338,35 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+def _weight(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10000:
+        raise ValueError("must be an integer cpu weight between 1 and 10000")
+    return value
+
+
+def _unit_fraction(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a number between 0 and 1")
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return float(value)
+
+
+def _cores(value: Any) -> float:
+    cores = _cpu(value)
+    if cores is None or cores <= 0:
+        raise ValueError('must be a positive number of cores such as "0.1" or "100m"')
+    return cores
+
+
+def _percent(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a percentage (0 disables)")
+    if not 0 <= value <= 100:
+        raise ValueError("must be between 0 and 100 (0 disables)")
+    return float(value)
+
+
 def _positive_seconds(value: Any) -> float:
     seconds = _seconds(value)
     if seconds <= 0:
@@ -426,6 +491,31 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "fork_refusals": (256, _bound),
         "fork_action": ("stop", _one_of(("stop", "kill"))),
     },
+    "priorities": {
+        "interactive_cpu_weight": (400, _weight),
+        "normal_cpu_weight": (100, _weight),
+        "batch_cpu_weight": (25, _weight),
+        "interactive_memory_protection": (0.5, _unit_fraction),
+        "normal_memory_protection": (0.25, _unit_fraction),
+        "batch_memory_protection": (0.0, _unit_fraction),
+        "normal_throttle_memory_high": (0.75, _unit_fraction),
+        "batch_throttle_memory_high": (0.5, _unit_fraction),
+        "normal_throttle_cpu": ("500m", _cores),
+        "batch_throttle_cpu": ("100m", _cores),
+    },
+    "pressure": {
+        "enabled": (True, _bool),
+        "interval_seconds": (0.5, _positive_seconds),
+        "memory_psi_enter": (20, _percent),
+        "memory_psi_exit": (5, _percent),
+        "cpu_psi_enter": (0, _percent),
+        "cpu_psi_exit": (0, _percent),
+        "usage_enter": (0.9, _unit_fraction),
+        "usage_exit": (0.75, _unit_fraction),
+        "guard_window_seconds": (10, _seconds),
+        "dwell_seconds": (5, _seconds),
+        "min_rewrite_interval_seconds": (5, _seconds),
+    },
 }
 
 ENVIRONMENT: dict[str, tuple[str, str]] = {
@@ -518,6 +608,8 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         prometheus=PrometheusConfig(**values["prometheus"]),
         collector=CollectorConfig(**values["collector"]),
         predictor=PredictorConfig(**values["predictor"]),
+        priorities=PrioritiesConfig(**values["priorities"]),
+        pressure=_pressure_config(values["pressure"]),
     )
 
 
@@ -532,6 +624,18 @@ def _api_config(values: dict[str, Any], source: Path | None) -> ApiConfig:
                 "(agentctl certs init makes a development CA)"
             )
     return api
+
+
+def _pressure_config(values: dict[str, Any]) -> PressureConfig:
+    """Hysteresis needs each exit threshold at or below its enter threshold."""
+    for signal in ("memory_psi", "cpu_psi", "usage"):
+        enter, exit_ = values[f"{signal}_enter"], values[f"{signal}_exit"]
+        if enter and exit_ > enter:
+            raise ConfigError(
+                f"[pressure] {signal}_exit = {exit_} is above {signal}_enter = {enter}: "
+                "the exit threshold must not exceed the enter threshold (hysteresis)"
+            )
+    return PressureConfig(**values)
 
 
 def _parse(table: str, key: str, value: Any, where: str) -> Any:

@@ -37,9 +37,12 @@ from agentd.cgroups.detect import (
 from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, GuardConfig, add_arguments, load_config
+from agentd.control import MIN_INTERVAL_SECONDS, Control
+from agentd.enforcement.controller import start_pressure
 from agentd.enforcement.guard import Guard, GuardSettings
 from agentd.enforcement.guard_policy import PolicySettings
 from agentd.enforcement.maps import GuardMaps
+from agentd.enforcement.priorities import PriorityTable
 from agentd.events import Event, EventBus
 from agentd.executors import Executors
 from agentd.log import configure_logging
@@ -206,6 +209,11 @@ def node_limits(cfg: Config) -> NodeLimits:
     )
 
 
+def _min_interval(cfg: Config) -> float:
+    """Control's anti-flap interval: [pressure] min_rewrite_interval_seconds."""
+    return cfg.pressure.min_rewrite_interval_seconds if cfg.pressure else MIN_INTERVAL_SECONDS
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -251,7 +259,8 @@ class Daemon:
         store = Store(cfg.daemon.state_dir)
         tracker = start_tracker(cfg.tracking.source, cfg.tracking.process_usage, cfg.guard.enabled)
         bus = EventBus(history=cfg.api.event_history)
-        manager = Manager(backend, store, node, tracker=tracker, bus=bus)
+        priorities = PriorityTable.from_config(cfg.priorities)
+        manager = Manager(backend, store, node, tracker=tracker, bus=bus, priorities=priorities)
         manager.guard = start_guard(cfg.guard, tracker, backend, bus)
         recovered = manager.recover()
         # Interference metrics and the dataset (docs/metrics.md); the predictor reads
@@ -273,6 +282,11 @@ class Daemon:
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
         )
         warmer.start()
+        # The one writer of throttle / freeze / resume (shared with the scheduler API).
+        control = Control(manager, min_interval_seconds=_min_interval(cfg))
+        pressure = start_pressure(
+            cfg.pressure, manager, control, priorities, node.allocatable_memory
+        )
         groups = threading.Thread(
             target=self._group_worker, args=(manager,), name="agentd-groups", daemon=True
         )
@@ -288,7 +302,12 @@ class Daemon:
         service = AgentService(manager, tokens, lambda: node_info, executors)
         window = self.collector.node_window if self.collector is not None else NodeWindow
         node_api = NodeApi(
-            cfg, manager, node, tokens, predictor=PlacementPredictor(self.predictor, window)
+            cfg,
+            manager,
+            node,
+            tokens,
+            predictor=PlacementPredictor(self.predictor, window),
+            control=control,
         )
         node_api.service.on_session_evicted = executors.drop_session
         service.reservations = node_api.reservations
@@ -321,6 +340,8 @@ class Daemon:
             node_api.stop()
             server.stop()
             warmer.stop()
+            if pressure is not None:
+                pressure.stop()
             executors.stop()
             if metrics is not None:
                 metrics.stop()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agentd.cgroups.base import CgroupBackend, CgroupError, GroupBusyError, GroupLimits
+from agentd.enforcement.priorities import PriorityTable
 from agentd.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -34,7 +35,6 @@ from agentd.errors import (
 )
 from agentd.events import Event, EventBus
 from agentd.model import (
-    CPU_WEIGHT,
     ExitStatus,
     Intent,
     Priority,
@@ -106,8 +106,11 @@ class Manager:
         spares_per_session: int = 2,
         tracker: Tracker | None = None,
         bus: EventBus | None = None,
+        priorities: PriorityTable | None = None,
     ) -> None:
         self.backend = backend
+        # Priority class -> CPU weight, memory protection, throttle settings ([priorities]).
+        self.priorities = priorities or PriorityTable.default()
         self.store = store
         self.node = node
         self.tracker = tracker
@@ -202,6 +205,10 @@ class Manager:
     def close_session(self, caller: Caller, session_id: str) -> tuple[Session, list[ToolCall]]:
         with self._lock:
             session = self.get_session(caller, session_id)
+            # A session frozen by the pressure policy or the scheduler: on v1 its tasks
+            # cannot die until thawed (killing a tool call thaws only its own group).
+            with contextlib.suppress(CgroupError):
+                self.backend.thaw(session.cgroup_rel)
             ended = [
                 self._finish(t, ExitStatus(), kill=True)
                 for t in list(self._tool_calls.values())
@@ -781,24 +788,15 @@ class Manager:
         return asked
 
     def _session_limits(self, session: Session) -> GroupLimits:
-        b = session.budget
-        return GroupLimits(
-            memory_max=b.memory_max,
-            memory_high=b.memory_high,
-            memory_low=b.memory_low,
-            cpu_max_cores=b.cpu,
-            cpu_weight=CPU_WEIGHT[session.priority],
-            pids_max=b.pids_max,
-        )
+        return self.priorities.session_limits(session.budget, session.priority, self.backend.name)
 
-    @staticmethod
-    def _group_limits(r: Resources, priority: Priority) -> GroupLimits:
+    def _group_limits(self, r: Resources, priority: Priority) -> GroupLimits:
         return GroupLimits(
             memory_max=r.memory_max,
             memory_high=r.memory_high,
             memory_low=r.memory_low,
             cpu_max_cores=r.cpu,
-            cpu_weight=CPU_WEIGHT[priority],
+            cpu_weight=self.priorities.cpu_weight(priority),
             pids_max=r.pids_max,
         )
 

@@ -40,9 +40,12 @@ class NodeApi:
         node: NodeLimits,
         tokens: TokenRegistry,
         predictor: Predictor | None = None,
+        control: Control | None = None,
     ) -> None:
         self.cfg = cfg
-        self.control = Control(manager)
+        # The daemon passes its one Control, shared with the pressure policy: one writer
+        # of these knobs and one anti-flapping clock.
+        self.control = control if control is not None else Control(manager)
         self.reservations = Reservations()
         self.sampler = NodeSampler(manager.backend)
         self.sampler.sample()

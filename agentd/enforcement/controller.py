@@ -1,0 +1,227 @@
+"""The pressure loop: sample the signals, let the policy decide, act through Control.
+
+The only module of the pressure policy with side effects. Every knob is written by
+`agentd.control.Control` (the one writer of throttle / freeze / resume, shared with
+the scheduler API, with its own anti-flap interval); the policy (policy.py) only
+decides. An action Control refuses (too soon, the session just closed) is not
+recorded as applied, so the policy asks for it again on a later tick.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from agentd.config import PressureConfig
+from agentd.control import Control, Target
+from agentd.enforcement.policy import (
+    Action,
+    Candidate,
+    Level,
+    PressurePolicy,
+    Status,
+    Thresholds,
+    classify,
+)
+from agentd.enforcement.pressure import PressureMonitor, PsiTrigger
+from agentd.enforcement.priorities import PriorityTable
+from agentd.errors import AgentdError, NotFoundError
+from agentd.events import Event
+from agentd.manager import Caller, Manager
+from agentd.model import Resources
+
+log = structlog.get_logger("agentd.pressure")
+
+ROOT = Caller(uid=0, gid=0, pid=0)
+
+PRESSURE_LEVEL = Gauge(
+    "agentd_pressure_ladder_steps",
+    "Escalation steps of the pressure policy in force (0: normal)",
+)
+PRESSURE_SIGNAL = Gauge(
+    "agentd_pressure_signal_ratio",
+    "Last sample of each pressure signal (PSI avg10 in %, usage as a fraction)",
+    ["signal"],
+)
+PRESSURE_ACTIONS = Counter(
+    "agentd_pressure_actions_total",
+    "Throttle, freeze and resume actions of the pressure policy, by outcome",
+    ["action", "outcome"],
+)
+
+
+class PressureController:
+    def __init__(
+        self,
+        manager: Manager,
+        control: Control,
+        monitor: PressureMonitor,
+        policy: PressurePolicy,
+        thresholds: Thresholds,
+        priorities: PriorityTable,
+        interval_seconds: float = 0.5,
+    ) -> None:
+        self.manager = manager
+        self.control = control
+        self.monitor = monitor
+        self.policy = policy
+        self.thresholds = thresholds
+        self.priorities = priorities
+        self.interval_seconds = interval_seconds
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def tick(self, now: float | None = None) -> list[Action]:
+        """One sample, one decision; returns the actions that took effect."""
+        now = time.monotonic() if now is None else now
+        sample = self.monitor.sample(now)
+        level, reasons = classify(sample, self.thresholds)
+        for name, value in sample.as_details().items():
+            PRESSURE_SIGNAL.labels(name).set(float(value))
+        sessions = {s.id: s for s in self.manager.list_sessions(ROOT)}
+        before = self.policy.state
+        busy = {s.priority for s in sessions.values() if self.manager.running_count(s.id)}
+        actions = self.policy.step(
+            now, level, [Candidate(s.id, s.priority) for s in sessions.values()], busy
+        )
+        PRESSURE_LEVEL.set(self.policy.level)
+        if self.policy.state != before:
+            self._publish_state(before, level, reasons, sample.as_details())
+        done = []
+        failed: set[str] = set()
+        for action in actions:
+            session = sessions.get(action.session_id)
+            # A freeze follows its session's throttle only if the throttle took.
+            if session is None or action.session_id in failed:
+                continue
+            if self._apply(action, session.budget):
+                self.policy.applied(now, action)
+                done.append(action)
+            else:
+                failed.add(action.session_id)
+        return done
+
+    def _apply(self, action: Action, budget: Resources) -> bool:
+        target = Target(action.session_id)
+        try:
+            if action.kind == "throttle":
+                limits = self.priorities.throttle_limits(budget, action.priority)
+                if limits is None:
+                    return False
+                self.control.throttle(
+                    ROOT,
+                    target,
+                    cpu_max=limits.cpu_max_cores,
+                    memory_high=limits.memory_high,
+                    by="pressure",
+                )
+            elif action.kind == "freeze":
+                self.control.freeze(ROOT, target, by="pressure")
+            else:
+                self.control.resume(ROOT, target, by="pressure")
+        except NotFoundError:
+            self.policy.forget(action.session_id)
+            PRESSURE_ACTIONS.labels(action.kind, "gone").inc()
+            return False
+        except AgentdError as e:
+            # TooSoonError (anti-flap) or a cgroupfs failure: asked again next tick.
+            log.info("pressure.action_deferred", action=action.kind, session=action.session_id,
+                     reason=e.message)  # fmt: skip
+            PRESSURE_ACTIONS.labels(action.kind, "deferred").inc()
+            return False
+        PRESSURE_ACTIONS.labels(action.kind, "applied").inc()
+        return True
+
+    def _publish_state(
+        self, before: str, level: Level, reasons: list[str], signals: dict[str, str]
+    ) -> None:
+        details = {
+            "state": self.policy.state,
+            "previous": before,
+            "level": level.value,
+            "steps": str(self.policy.level),
+            "reasons": "; ".join(reasons),
+            **signals,
+        }
+        log.info("pressure.state", **details)
+        self.manager.bus.publish(
+            Event(session_id="", tool_call_id="", owner_uid=0, kind="pressure", payload=details)
+        )
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def adopt_frozen(self, now: float | None = None) -> int:
+        """After a restart: sessions of a throttleable class found frozen are taken back
+        into the policy's state, so that they are resumed when the pressure is gone.
+        (A throttle without a freeze cannot be told apart from a budget here: it stays
+        until resumed through the API.)"""
+        now = time.monotonic() if now is None else now
+        adopted = 0
+        for session in self.manager.list_sessions(ROOT):
+            if self.priorities.throttleable(session.priority) and self.control.is_frozen(
+                Target(session.id)
+            ):
+                self.policy.adopt(now, session.id, session.priority, Status.FROZEN)
+                adopted += 1
+        if adopted:
+            log.info("pressure.adopted_frozen", sessions=adopted, state=self.policy.state)
+        return adopted
+
+    def start(self) -> None:
+        self.adopt_frozen()
+        self._thread = threading.Thread(target=self._run, name="agentd-pressure", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.monitor.close()
+
+    def _run(self) -> None:
+        trigger = PsiTrigger()
+        log.info("pressure.started", psi_trigger=trigger.armed, interval=self.interval_seconds)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("pressure.tick_failed")
+                # Woken early by a memory stall; otherwise one sample per interval.
+                trigger.wait(self.interval_seconds)
+        finally:
+            trigger.close()
+
+
+def start_pressure(
+    cfg: PressureConfig | None,
+    manager: Manager,
+    control: Control,
+    priorities: PriorityTable,
+    allocatable_memory: int,
+) -> PressureController | None:
+    """Build and start the pressure loop from [pressure]; None when it is disabled."""
+    if cfg is None or not cfg.enabled:
+        log.info("pressure.disabled")
+        return None
+    controller = PressureController(
+        manager,
+        control,
+        PressureMonitor(manager.backend, allocatable_memory, manager.bus, cfg.guard_window_seconds),
+        PressurePolicy(cfg.dwell_seconds, cfg.min_rewrite_interval_seconds),
+        Thresholds(
+            memory_psi_enter=cfg.memory_psi_enter,
+            memory_psi_exit=cfg.memory_psi_exit,
+            cpu_psi_enter=cfg.cpu_psi_enter,
+            cpu_psi_exit=cfg.cpu_psi_exit,
+            usage_enter=cfg.usage_enter,
+            usage_exit=cfg.usage_exit,
+        ),
+        priorities,
+        cfg.interval_seconds,
+    )
+    controller.start()
+    return controller

@@ -1,0 +1,387 @@
+"""Isolation of a high-priority agent session from noisy low-priority neighbours.
+
+Replays agent traces (memory as recorded, CPU recovered by differencing the trace's
+running average) as one high-priority and two low-priority sessions, each one tool
+call, under a node memory budget smaller than their summed peaks, for each strategy:
+
+- none:   no isolation: every session normal priority, each may use the whole budget;
+- static: static per-session limits: the budget split in three, priority CPU weights;
+- agentd: priority classes (CPU weight, memory protection) and the pressure policy
+          (throttle, then freeze the low sessions under pressure, resume after).
+
+and the high session alone (same daemon as `none`), interleaved in the same loop, run
+after run, so that each ratio compares figures measured minutes apart at most.
+
+Per strategy it prints the high session's completion time and p95 allocation latency
+relative to the same session alone (median and min-max over the runs), OOM kills per
+session, and the low sessions' completion times; with --json FILE it writes
+{"strategies": {NAME: {"high_p95_latency_ratio", "high_completion_ratio", "oom_kills",
+"low_completion_seconds", ...}}}.
+
+    sudo .venv/bin/python bench/isolation.py --runs 10 --json /tmp/isolation.json
+    sudo .venv/bin/python bench/isolation.py --traces /nowhere   # synthetic traces
+
+Traces: --traces DIR (default ../shared/traces/agentcgroup-haiku next to the repo): one
+folder per task with resources.json; read in place, never copied. Without the folder,
+a synthetic generator of the same shape (a ~190 MB plateau with bursts) is used.
+Internally, `--worker SPEC RESULT` is the replayer each tool call runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+#: ../shared/traces/ of the repository; a git worktree sits one level deeper (wt/NAME).
+DEFAULT_TRACES = next(
+    (
+        p / "shared" / "traces" / "agentcgroup-haiku"
+        for p in REPO.parents
+        if (p / "shared" / "traces" / "agentcgroup-haiku").is_dir()
+    ),
+    REPO.parent / "shared" / "traces" / "agentcgroup-haiku",
+)
+MiB = 1 << 20
+CHUNK = 4 * MiB
+STRATEGIES = ("none", "static", "agentd")
+#: Default tasks: a high session with a long ~480 MB phase, two lows with 1-1.8 GB bursts.
+HIGH_TASK = "NVIDIA__nv-ingest-71"
+LOW_TASKS = ("pre-commit__pre-commit-2524", "tobymao__sqlglot-4014")
+
+
+# ---- the replayer (runs as a tool call) ------------------------------------------
+
+
+def worker(spec_path: str, result_path: str) -> None:
+    """Replay steps of (memory MB, CPU fraction): per step, grow or shrink the resident
+    memory to the target (timing each 4 MiB allocation), do the step's CPU work, and
+    sleep out the rest of the step if ahead. Slowed down, it simply finishes later."""
+    spec = json.loads(Path(spec_path).read_text())
+    step_s, units_per_s = spec["step_seconds"], spec["units_per_second"]
+    chunks: list[bytes] = []
+    latencies: list[float] = []
+    start = time.monotonic()
+    for i, (mem_mb, cpu) in enumerate(spec["steps"]):
+        want = int(mem_mb * MiB) // CHUNK
+        while len(chunks) < want:
+            t0 = time.perf_counter()
+            chunks.append(b"x" * CHUNK)  # written: resident, charged to the group
+            latencies.append((time.perf_counter() - t0) * 1e6)
+        del chunks[want:]
+        for _ in range(int(cpu * step_s * units_per_s)):
+            sum(range(500))
+        ahead = start + (i + 1) * step_s - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    result = {"completion_seconds": time.monotonic() - start, "alloc_latencies_us": latencies}
+    Path(result_path).write_text(json.dumps(result))
+
+
+def calibrate(seconds: float = 0.5) -> float:
+    """Work units per second of one core now (the bench's own process)."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(100):
+            sum(range(500))
+        n += 100
+    return n / (time.perf_counter() - t0)
+
+
+# ---- traces ----------------------------------------------------------------------
+
+_UNITS = {"B": 1e-6, "kB": 1e-3, "KB": 1e-3, "KiB": 1.024e-3, "MB": 1.0, "MiB": 1.048576}
+_UNITS |= {"GB": 1e3, "GiB": 1073.741824}
+
+
+def _mb(text: str) -> float:
+    match = re.match(r"\s*([\d.]+)\s*([A-Za-z]+)", text.split("/")[0])
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"unreadable memory figure {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def load_trace(folder: Path) -> list[tuple[float, float]]:
+    """(memory MB, CPU cores) per sample; CPU from the running average by differencing
+    (cpu_i = (avg_i (t_i - t0) - avg_{i-1} (t_{i-1} - t0)) / (t_i - t_{i-1}))."""
+    samples = json.loads((folder / "resources.json").read_text())["samples"]
+    t0 = samples[0]["epoch"] - 0.5
+    out = []
+    prev_t, prev_avg = t0, 0.0
+    for s in samples:
+        t, avg = s["epoch"], float(s["cpu_percent"].rstrip("%")) / 100
+        dt = max(t - prev_t, 1e-3)
+        cpu = (avg * (t - t0) - prev_avg * (prev_t - t0)) / dt
+        out.append((_mb(s["mem_usage"]), min(max(cpu, 0.0), 1.0)))
+        prev_t, prev_avg = t, avg
+    return out
+
+
+def synthetic_trace(
+    seed: int, samples: int, bursts: int, burst_mb: float
+) -> list[tuple[float, float]]:
+    """The traces' shape without the traces: a ~190 MB plateau (the agent and its
+    tools), a few one-sample bursts, and CPU mostly idle with busy stretches."""
+    rng = random.Random(seed)
+    at = set(rng.sample(range(samples // 10, samples), bursts))
+    out = []
+    for i in range(samples):
+        mem = 185 + 15 * rng.random() + (burst_mb * rng.uniform(0.6, 1.0) if i in at else 0)
+        cpu = rng.choice((0.05, 0.1, 0.2, 0.9)) if rng.random() < 0.7 else 1.0
+        out.append((mem, cpu))
+    return out
+
+
+def traces(folder: Path) -> tuple[str, dict[str, list[tuple[float, float]]]]:
+    names = (HIGH_TASK, *LOW_TASKS)
+    if all((folder / n / "resources.json").exists() for n in names):
+        return f"traces from {folder}", {n: load_trace(folder / n) for n in names}
+    return "synthetic traces (no trace folder)", {
+        HIGH_TASK: synthetic_trace(1, 330, 2, 300),
+        LOW_TASKS[0]: synthetic_trace(2, 310, 6, 1200),
+        LOW_TASKS[1]: synthetic_trace(3, 280, 6, 1600),
+    }
+
+
+def to_steps(
+    trace: list[tuple[float, float]], baseline_mb: float, scale: float, cpu_scale: float
+) -> list[tuple[float, float]]:
+    """Tool-call memory: the recorded figure minus the agent's own baseline, scaled;
+    CPU scaled too (the replay compresses time, and this 2-core machine is shared)."""
+    return [(max(mem - baseline_mb, 0.0) * scale, cpu * cpu_scale) for mem, cpu in trace]
+
+
+# ---- the daemons and one run --------------------------------------------------------
+
+
+def strategy_config(strategy: str, total: int, budget: int) -> str:
+    node = f"[node]\nreserved_memory = {total - budget}\n"
+    if strategy != "agentd":
+        return node + "[pressure]\nenabled = false\n"
+    # Node PSI is off here: the machine is shared and other people's load is not this
+    # bench's pressure; agentd's own usage against the budget (and v2 group PSI) is.
+    return node + (
+        "[pressure]\ninterval_seconds = 0.2\nmemory_psi_enter = 0\nmemory_psi_exit = 0\n"
+        "usage_enter = 0.7\nusage_exit = 0.5\ndwell_seconds = 1\n"
+        "min_rewrite_interval_seconds = 0.5\nguard_window_seconds = 5\n"
+    )
+
+
+@dataclass
+class Outcome:
+    completion: float | None  # None: killed
+    p95_latency_us: float | None
+    oom_kills: int
+
+
+@dataclass
+class Runs:
+    high_completion_ratio: list[float] = field(default_factory=list)
+    high_p95_latency_ratio: list[float] = field(default_factory=list)
+    oom_kills: dict[str, int] = field(default_factory=lambda: {"high": 0, "low1": 0, "low2": 0})
+    low_completion_seconds: list[float | None] = field(default_factory=list)
+    high_killed_runs: int = 0
+
+
+def p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def run_sessions(
+    daemon: Any, plan: list[tuple[str, str, int, list]], workdir: Path, common: dict
+) -> dict[str, Outcome]:
+    """Start one tool call per (role, priority, memory budget, steps) at once; wait."""
+    from agentd.sdk import Client
+
+    out: dict[str, Outcome] = {}
+    with Client(daemon.socket, timeout=60) as client:
+        sessions, procs = {}, {}
+        try:
+            for role, priority, memory, steps in plan:
+                spec = workdir / f"{role}.spec.json"
+                spec.write_text(json.dumps({**common, "steps": steps}))
+                result = workdir / f"{role}.result.json"
+                result.unlink(missing_ok=True)
+                session = client.session(f"iso-{role}", memory=memory, priority=priority)
+                sessions[role] = session
+                procs[role] = (
+                    session.start([sys.executable, str(HERE), "--worker", str(spec), str(result)]),
+                    result,
+                )
+            for role, (proc, result) in procs.items():
+                done = proc.wait(600)
+                data = json.loads(result.read_text()) if result.exists() else None
+                out[role] = Outcome(
+                    completion=data["completion_seconds"] if data else None,
+                    p95_latency_us=p95(data["alloc_latencies_us"]) if data else None,
+                    oom_kills=done.usage.oom_kills,
+                )
+        finally:
+            for proc, _ in procs.values():
+                with contextlib.suppress(Exception):
+                    proc.kill()
+            for session in sessions.values():
+                with contextlib.suppress(Exception):
+                    session.close()
+    return out
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a (no run completed)"
+    return (
+        f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f}, "
+        f"n={len(values)})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
+    parser.add_argument("--traces", type=Path, default=DEFAULT_TRACES)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--step-seconds", type=float, default=0.05,
+                        help="replay time of one trace sample (recorded: ~1 s)")  # fmt: skip
+    parser.add_argument("--memory-scale", type=float, default=0.25)
+    parser.add_argument("--cpu-scale", type=float, default=0.2)
+    parser.add_argument("--baseline-mb", type=float, default=150.0,
+                        help="the agent's own memory in the traces, not a tool call's")  # fmt: skip
+    parser.add_argument("--budget-fraction", type=float, default=0.6,
+                        help="node budget as a fraction of the summed peaks")  # fmt: skip
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    if os.geteuid() != 0:
+        print("isolation.py needs root (agentd creates cgroups)", file=sys.stderr)
+        return 2
+
+    import psutil
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from agentd_process import AgentdProcess
+
+    source, raw = traces(args.traces)
+    high = to_steps(raw[HIGH_TASK], args.baseline_mb, args.memory_scale, args.cpu_scale)
+    lows = [
+        to_steps(raw[n], args.baseline_mb, args.memory_scale, args.cpu_scale) for n in LOW_TASKS
+    ]
+    peaks = [max(m for m, _ in s) for s in (high, *lows)]
+    budget = int(sum(peaks) * args.budget_fraction * MiB)
+    if budget < peaks[0] * MiB * 1.5:
+        budget = int(peaks[0] * MiB * 1.5)  # the high session alone must fit with room
+    total = psutil.virtual_memory().total
+    common = {"step_seconds": args.step_seconds, "units_per_second": calibrate()}
+    third = budget // 3
+    plans = {
+        "alone": [("high", "normal", budget, high)],
+        "none": [("high", "normal", budget, high)]
+        + [(f"low{i + 1}", "normal", budget, s) for i, s in enumerate(lows)],
+        "static": [("high", "interactive", third, high)]
+        + [(f"low{i + 1}", "batch", third, s) for i, s in enumerate(lows)],
+        "agentd": [("high", "interactive", budget, high)]
+        + [(f"low{i + 1}", "batch", budget, s) for i, s in enumerate(lows)],
+    }
+    print(f"{source}: high {HIGH_TASK} ({len(high)} steps), lows {', '.join(LOW_TASKS)}")
+    print(
+        f"peaks (MB, after -{args.baseline_mb:g} MB and x{args.memory_scale:g}): "
+        f"{', '.join(f'{p:.0f}' for p in peaks)}; node budget {budget / MiB:.0f} MB "
+        f"(sum of peaks {sum(peaks):.0f}); step {args.step_seconds:g} s; "
+        f"{common['units_per_second']:.0f} work units/s"
+    )
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start}, cpus: {os.cpu_count()}")
+    daemons = {}
+    results = {s: Runs() for s in STRATEGIES}
+    try:
+        for strategy in STRATEGIES:
+            daemon = AgentdProcess(config=strategy_config(strategy, total, budget))
+            daemon.start(timeout=60)
+            daemons[strategy] = daemon
+        workdir = Path(tempfile.mkdtemp(prefix="agentd-isolation-"))
+        workdir.chmod(0o755)
+        for run in range(args.runs):
+            order = list(STRATEGIES)
+            random.Random(run).shuffle(order)
+            alone = run_sessions(daemons["none"], plans["alone"], workdir, common)["high"]
+            line = [f"run {run + 1}: alone {alone.completion or 0:.2f} s"]
+            for strategy in order:
+                got = run_sessions(daemons[strategy], plans[strategy], workdir, common)
+                r = results[strategy]
+                for role, outcome in got.items():
+                    r.oom_kills[role] += outcome.oom_kills
+                h = got["high"]
+                if h.completion is None or alone.completion is None:
+                    r.high_killed_runs += 1
+                else:
+                    r.high_completion_ratio.append(h.completion / alone.completion)
+                    if h.p95_latency_us and alone.p95_latency_us:
+                        r.high_p95_latency_ratio.append(h.p95_latency_us / alone.p95_latency_us)
+                r.low_completion_seconds += [got[k].completion for k in ("low1", "low2")]
+                kills = sum(o.oom_kills for o in got.values())
+                line.append(f"{strategy} {h.completion or 0:.2f} s ({kills} OOM)")
+            print(", ".join(line), flush=True)
+    finally:
+        for daemon in daemons.values():
+            with contextlib.suppress(Exception):
+                daemon.cleanup()
+    load_end = os.getloadavg()
+    print(f"load average at end: {load_end}")
+    print("\nper strategy: high session vs alone (median, min, max over runs); OOM kills")
+    report: dict[str, Any] = {"strategies": {}}
+    for strategy in STRATEGIES:
+        r = results[strategy]
+        lows_done = [x for x in r.low_completion_seconds if x is not None]
+        print(f"  {strategy}:")
+        print(f"    high completion ratio  {spread(r.high_completion_ratio)}")
+        print(f"    high p95 alloc latency {spread(r.high_p95_latency_ratio)}")
+        print(f"    high killed in {r.high_killed_runs}/{args.runs} runs; OOM kills {r.oom_kills}")
+        print(
+            f"    low completion seconds {spread(lows_done)}; "
+            f"{len(r.low_completion_seconds) - len(lows_done)} low tool calls killed"
+        )
+        report["strategies"][strategy] = {
+            "high_p95_latency_ratio": statistics.median(r.high_p95_latency_ratio)
+            if r.high_p95_latency_ratio
+            else None,
+            "high_completion_ratio": statistics.median(r.high_completion_ratio)
+            if r.high_completion_ratio
+            else None,
+            "oom_kills": r.oom_kills,
+            "low_completion_seconds": r.low_completion_seconds,
+            "high_p95_latency_ratio_runs": r.high_p95_latency_ratio,
+            "high_completion_ratio_runs": r.high_completion_ratio,
+            "high_killed_runs": r.high_killed_runs,
+        }
+    report["environment"] = {
+        "source": source,
+        "runs": args.runs,
+        "budget_bytes": budget,
+        "peaks_mb": peaks,
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
