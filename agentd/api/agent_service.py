@@ -36,7 +36,22 @@ log = structlog.get_logger("agentd.api")
 #: Event streams per uid and in total; each holds a server worker thread (server.py).
 MAX_WATCHES_PER_UID = 4
 MAX_WATCHES = 16
-WATCH_KINDS = frozenset({"process", "tool_call_begun", "tool_call_ended"})
+#: What Watch streams: process and tool-call events, and what the daemon did to the
+#: caller's own work (as DaemonEvent). Node-wide kinds ("pressure", session opened or
+#: closed) are NodeService's (WatchNodeEvents).
+WATCH_KINDS = frozenset(
+    {
+        "process",
+        "tool_call_begun",
+        "tool_call_ended",
+        "guard_action",
+        "oom_kill",
+        "throttled",
+        "frozen",
+        "resumed",
+        "evicted",
+    }
+)
 
 Response = TypeVar("Response")
 
@@ -231,8 +246,6 @@ class AgentService(pb_grpc.AgentServiceServicer):
             context.abort_with_status(to_status(e))
 
         def accept(event: Event) -> bool:
-            # WatchEvent carries process and tool-call events; the other kinds are
-            # NodeService's (WatchNodeEvents).
             if event.kind not in WATCH_KINDS:
                 return False
             if session_id and event.session_id != session_id:
