@@ -3,16 +3,17 @@ child that process forks becomes a tool call of the session, placed in its own g
 as soon as the fork is seen.
 
 The fork is seen in the kernel (the executor is watched like a tool call's process), and
-the child is moved from user space; until then it runs in the executor's cgroup. What
-it forks in that window (an "escape") is moved in after it and counted. The window is
-measured per child (fork to placed, CLOCK_BOOTTIME) and kept as statistics; see
-docs/tracking.md for the figures and why the kernel gives no earlier hook here.
-"""
+the child is moved from user space. With eBPF the kernel holds the child at its first
+system call until then (docs/tracking.md), so it forks nothing outside its group; with
+netlink it runs in the executor's cgroup meanwhile, and what it forks in that window
+(an "escape") is moved in after it and counted. The window is measured per child (fork
+to placed, CLOCK_BOOTTIME) and kept as statistics."""
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from agentd.errors import (
 from agentd.manager import Caller, Manager
 from agentd.model import Intent
 from agentd.tracking import Tracker
+from agentd.tracking.procinfo import TICK_NS, read_stat
 
 log = structlog.get_logger("agentd.executors")
 
@@ -51,6 +53,7 @@ class PlacementStats:
     placed: int = 0
     escaped: int = 0
     missed: int = 0  # children that exited before they could be placed
+    held: int = 0  # children the kernel stopped at their first system call until placed
 
     def record(self, window_ns: int) -> None:
         self.placed += 1
@@ -147,9 +150,16 @@ class Executors:
 
     def _place_child(self, executor: Executor, pid: int, fork_ns: int, seen_ns: int) -> None:
         start_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        tool_call = self.manager.adopt_child(
-            executor.session_id, executor.owner_uid, executor.intent, pid, fork_ns
-        )
+        tool_call = None
+        try:
+            tool_call = self.manager.adopt_child(
+                executor.session_id, executor.owner_uid, executor.intent, pid, fork_ns
+            )
+        finally:
+            # Placed or not (it exited, its session closed, the move failed): let it go.
+            stopped = self.tracker is not None and self.tracker.release_held(pid)
+            if stopped and _continue(pid, fork_ns):
+                self.stats.held += 1
         if tool_call is None:
             if executor.session_id not in {
                 s.id for s in self.manager.list_sessions(Caller(0, 0, 0))
@@ -169,3 +179,19 @@ class Executors:
             queued_ms=(start_ns - seen_ns) / 1e6,
             placing_ms=(done_ns - start_ns) / 1e6,
         )
+
+
+def _continue(pid: int, fork_ns: int) -> bool:
+    """SIGCONT the held child `pid` if it is still the process forked at `fork_ns` (its
+    pid may have been reused after it died). The kernel deletes its hold entry before it
+    sends the SIGSTOP, so a stop can land just after our SIGCONT: look again."""
+    for _ in range(3):
+        st = read_stat(pid)
+        if st is None or abs(st.start_ns - fork_ns) > 2 * TICK_NS:
+            return False
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.0005)
+        st = read_stat(pid)
+        if st is None or st.state != "T":
+            return True
+    return True

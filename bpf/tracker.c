@@ -32,6 +32,7 @@
 #define F_CPU 8         // exit: cpu_ns is valid
 #define F_RSS 16        // exit: peak_rss is valid
 #define F_SHARED_MM 256 // state only: runs in its parent's mm (vfork) until it executes
+#define F_EXECUTOR 512  // state only: a registered executor; its children are held (below)
 
 // kmem:rss_stat `member` (print fmt of the tracepoint on 6.x): MM_FILEPAGES 0,
 // MM_ANONPAGES 1, MM_SWAPENTS 2, MM_SHMEMPAGES 3. Resident = file + anon + shmem.
@@ -44,7 +45,8 @@
 #define C_MAP_FULL 1
 #define C_ARGV_TRUNCATED 2
 #define C_EMITTED 3
-#define N_COUNTERS 4
+#define C_HELD 4
+#define N_COUNTERS 5
 
 #define FILENAME_MAX_LEN 256
 #define ARG_MAX_LEN 256
@@ -111,6 +113,12 @@ BPF_TABLE("lru_hash", u32, u8, threads, 4096);
 BPF_PERCPU_ARRAY(switch_in, u64, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_PERCPU_ARRAY(args_scratch, struct args_event, 1);
+// Children of executors not yet placed in their tool call's group (tgid -> fork time).
+// A child found here at its first system call is stopped (hold_at_first_syscall) until
+// user space has placed it: before a system call it cannot fork, so nothing escapes.
+// Whoever deletes the entry first owns the outcome: the program (then it stops the
+// child and user space must continue it) or user space (then the child never stops).
+BPF_HASH(held, u32, u64, 4096);
 
 static __always_inline void count(u32 which) {
     u64 *c = counters.lookup(&which);
@@ -161,11 +169,16 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         child_flags = F_SHARED_MM;
     }
     u64 key = ps->key;
+    u32 parent_flags = ps->flags;
     struct proc_state cs = {};
     cs.key = key;
     cs.flags = child_flags;
     if (procs.update(&child, &cs) != 0)
         count(C_MAP_FULL);
+    if (parent_flags & F_EXECUTOR) {  // vfork children too: Python's subprocess uses vfork
+        u64 now = bpf_ktime_get_boot_ns();
+        held.update(&child, &now);
+    }
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -175,6 +188,24 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     e->ppid = ptgid;
     events.ringbuf_submit(e, 0);
     count(C_EMITTED);
+    return 0;
+}
+
+// Attached to raw_syscalls:sys_enter only while an executor is registered (every system
+// call on the host pays a hash lookup then). The stop is taken on the way back to user
+// space; if that first call is a fork, copy_process() sees the pending signal and
+// restarts the call after SIGCONT, so the child forks nothing before it is placed.
+// This program deletes the entry, then signals: user space that lost the delete sends
+// SIGCONT and looks again shortly after, for the instant between the two.
+int hold_at_first_syscall(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 *forked = held.lookup(&tgid);
+    if (!forked)
+        return 0;
+    if (held.delete(&tgid) == 0) {
+        bpf_send_signal(19);  // SIGSTOP
+        count(C_HELD);
+    }
     return 0;
 }
 
@@ -406,6 +437,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         code = ps->signal;
     }
     procs.delete(&tgid);
+    held.delete(&tgid);  // never placed: its pid must not stop a later process
     struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
     if (!e) {
         count(C_RINGBUF_LOST);

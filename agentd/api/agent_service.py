@@ -198,6 +198,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         status.executor_children_placed = stats.placed
         status.executor_escapes = stats.escaped
         status.executor_missed = stats.missed
+        status.executor_children_held = stats.held
         if windows:
             status.executor_window_p50_ms = windows[len(windows) // 2] / 1e6
             status.executor_window_p99_ms = (

@@ -21,8 +21,9 @@ from agentd.tracking.source import Sink, SourceUnavailable
 
 EV_FORK, EV_EXEC, EV_EXIT, EV_ARGS = 1, 2, 3, 4
 F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED, F_CPU, F_RSS = 1, 2, 4, 8, 16
+F_EXECUTOR = 512
 _EXIT_FIGURES = struct.Struct("=Qq")  # struct exit_event after the header: cpu_ns, peak_rss
-COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted")
+COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted", "held")
 TRACEFS = "/sys/kernel/tracing"
 _PENDING_ARGS_MAX = 4096
 
@@ -67,6 +68,8 @@ def ensure_tracefs() -> None:
 class EbpfSource:
     name = "ebpf"
     lossless = True
+    #: an executor's children can be held at their first system call until placed
+    can_hold_children = True
 
     def __init__(
         self, ringbuf_pages: int = 2048, max_procs: int = 65536, usage: bool = True
@@ -86,6 +89,8 @@ class EbpfSource:
         self._stop = threading.Event()
         self._pending_args: dict[int, tuple[tuple[str, ...], bool]] = {}
         self.events_received = 0
+        self._holding: set[int] = set()  # keys of executors whose children are held
+        self._hold_lock = threading.Lock()
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -135,10 +140,15 @@ class EbpfSource:
 
     # ---- attribution --------------------------------------------------------------
 
-    def watch(self, pid: int, key: int, cgroup_procs: str | None = None) -> None:
+    def watch(
+        self, pid: int, key: int, cgroup_procs: str | None = None, hold_children: bool = False
+    ) -> None:
         procs = self._bpf[b"procs"]
         leaf = procs.Leaf()
         leaf.key = key
+        if hold_children:
+            leaf.flags = F_EXECUTOR
+            self._hold(key)
         # The kernel counts from now on; what the process used before (a launcher that
         # already ran, a seeded process) comes from /proc, so the figures at exit cover
         # its whole life. Sizes seeded here belong to its current mm (mm_id 0 = adopt).
@@ -156,6 +166,38 @@ class EbpfSource:
         for k, v in list(procs.items()):
             if v.key == key:
                 procs.pop(k, None)
+        self._unhold(key)
+
+    # ---- holding executors' children (see hold_at_first_syscall in tracker.c) --------
+
+    def _hold(self, key: int) -> None:
+        with self._hold_lock:
+            if not self._holding:
+                # Only while an executor exists: every system call on the host pays for it.
+                self._bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"hold_at_first_syscall")
+            self._holding.add(key)
+
+    def _unhold(self, key: int) -> None:
+        with self._hold_lock:
+            if key not in self._holding:
+                return
+            self._holding.discard(key)
+            if not self._holding:
+                self._bpf.detach_raw_tracepoint(tp=b"sys_enter")
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._holding)
+
+    def release_held(self, pid: int) -> bool:
+        """Take `pid` off the hold list. True when the kernel got there first: the child
+        is (or is about to be) stopped and needs a SIGCONT."""
+        held = self._bpf[b"held"]
+        try:
+            del held[held.Key(pid)]
+        except KeyError:
+            return True
+        return False
 
     def watched(self) -> dict[int, int]:
         """pid -> key, as the kernel has it now."""

@@ -211,8 +211,23 @@ class Tracker:
         with self._lock:
             key = next(self._keys)
             self._executors[key] = (pid, handler)
-        self.source.watch(pid, key)
+        if self.holds_executor_children:
+            self.source.watch(pid, key, hold_children=True)  # type: ignore[call-arg]
+        else:
+            self.source.watch(pid, key)
         return key
+
+    @property
+    def holds_executor_children(self) -> bool:
+        """Whether an executor's children stop at their first system call until placed
+        (eBPF only); release_held() then lets each one go."""
+        return bool(getattr(self.source, "can_hold_children", False))
+
+    def release_held(self, pid: int) -> bool:
+        """Stop holding executor child `pid`; True if it was stopped and needs SIGCONT."""
+        if not self.holds_executor_children:
+            return False
+        return self.source.release_held(pid)  # type: ignore[union-attr]
 
     def unwatch_executor(self, key: int) -> None:
         with self._lock:

@@ -40,16 +40,20 @@ def test_executor_children_become_tool_calls(agentd):
             text=True,
         )
         out = Path(tempfile.mkdtemp(prefix="agentd-exec-test-"))
+        held = client.status().process_tracking == "ebpf"
         try:
             client.register_executor("harness", executor.pid, memory="256M", pids=64)
             pids = []
             for i in range(5):
-                # The sleep gives the daemon time to place the shell: what it starts
-                # afterwards is born inside the tool call's group.
-                executor.stdin.write(f"sleep 0.3; cat /proc/self/cgroup > {out}/{i}; exit 5\n")
+                # With eBPF the kernel holds each child at its first system call until it
+                # is placed, so even what it starts at once is born inside its group.
+                # Without, the sleep gives the daemon time to place the shell first.
+                pause = "" if held else "sleep 0.3; "
+                executor.stdin.write(f"{pause}cat /proc/self/cgroup > {out}/{i}; exit 5\n")
                 executor.stdin.flush()
                 pids.append(int(executor.stdout.readline()))
-            # And one whose children start at once: they may escape, and are moved late.
+            # And one whose children start at once: without eBPF they may escape, and
+            # are moved late.
             executor.stdin.write("/bin/sleep 0.5 & /bin/sleep 0.5 & wait\n")
             executor.stdin.flush()
             pids.append(int(executor.stdout.readline()))
@@ -77,9 +81,13 @@ def test_executor_children_become_tool_calls(agentd):
             assert len(tree.processes) == 3, [list(p.argv) for p in tree.processes]
             status = client.status()
             assert status.executor_children_placed >= 6
+            if held:
+                assert status.executor_escapes == 0
+                assert status.executor_children_held >= 1
             print(
                 f"placement window p50 {status.executor_window_p50_ms:.2f} ms, "
-                f"p99 {status.executor_window_p99_ms:.2f} ms, escapes {status.executor_escapes}"
+                f"p99 {status.executor_window_p99_ms:.2f} ms, escapes {status.executor_escapes}, "
+                f"held {status.executor_children_held}"
             )
         finally:
             if executor.poll() is None:
