@@ -202,3 +202,28 @@ def test_api_config_needs_all_tls_files_for_tcp(tmp_path: Path):
     )
     assert cfg.api.tcp_listen == "[::]:7443" and str(cfg.api.tls_key) == "/k"
     assert cfg.api.rate_limit == 0
+
+
+def test_agentctl_certs_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from agentd.cli.agentctl import main
+
+    args = ["certs", "init", str(tmp_path / "ca"), "--server-name", "node1"]
+    assert main([*args, "--client", "scheduler:kube", "--client", "observer:graf"]) == 0
+    names = sorted(p.name for p in (tmp_path / "ca").iterdir())
+    assert names == [
+        "ca.key",
+        "ca.pem",
+        "client-graf.key",
+        "client-graf.pem",
+        "client-kube.key",
+        "client-kube.pem",
+        "server.key",
+        "server.pem",
+    ]
+    assert certificate_principal((tmp_path / "ca" / "client-graf.pem").read_bytes()).role is (
+        Role.OBSERVER
+    )
+    # An existing CA is kept unless --force; a bad role is a usage error.
+    assert main(args) == 2 and "exists" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert main([*args, "--force", "--client", "admin:x"]) == 2
