@@ -227,3 +227,23 @@ def test_agentctl_certs_init(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(args) == 2 and "exists" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
     assert main([*args, "--force", "--client", "admin:x"]) == 2
+
+
+class _Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def test_no_work_once_the_deadline_has_passed():
+    # A client-side check cannot show this (a 1 us deadline may still get an answer
+    # before the client's timer fires): the server's own check is tested here.
+    from agentd.api.node_service import _check_deadline
+    from agentd.errors import DeadlineExceededError
+
+    _check_deadline(_Context(None))  # no deadline
+    _check_deadline(_Context(0.5))
+    with pytest.raises(DeadlineExceededError):
+        _check_deadline(_Context(0.0))
