@@ -44,21 +44,24 @@ class NodeDaemon:
         return Path(self.daemon.state_dir) / "audit.log"
 
 
-def make_certs(directory: Path) -> Path:
-    init_directory(
-        directory,
-        ["node-test"],
-        [("scheduler", "kube"), ("observer", "grafana"), ("scheduler", "sched2")],
-    )
+CLIENTS = [("scheduler", "kube"), ("observer", "grafana"), ("scheduler", "sched2")]
+
+
+def make_certs(directory: Path, clients: list[tuple[str, str]] = CLIENTS) -> Path:
+    init_directory(directory, ["node-test"], clients)
     return directory
 
 
 def node_daemon(
-    workdir: Path, api: str = "", tracking: str = "off", tables: str = ""
+    workdir: Path,
+    api: str = "",
+    tracking: str = "off",
+    tables: str = "",
+    clients: list[tuple[str, str]] = CLIENTS,
 ) -> NodeDaemon:
     """`api`: more [api] lines; `tables`: more tables. Process tracking is off unless
     asked for: these tests are about the API, and without eBPF a daemon starts at once."""
-    certs = make_certs(workdir / "certs")
+    certs = make_certs(workdir / "certs", clients)
     address = f"127.0.0.1:{free_port()}"
     config = (
         f'[api]\ntcp_listen = "{address}"\ntls_cert = "{certs}/server.pem"\n'

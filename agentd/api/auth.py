@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,7 +108,6 @@ class Authenticator:
 
     def __init__(self, tokens: TokenRegistry) -> None:
         self.tokens = tokens
-        self._lock = threading.Lock()
 
     def principal(
         self,
