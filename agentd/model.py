@@ -109,6 +109,8 @@ class ToolCall:
     exit: ExitStatus = field(default_factory=ExitStatus)
     usage: Usage = field(default_factory=Usage)
     leftover_processes_killed: int = 0
+    # Begun ahead (docs/placement.md): placed, its launcher waiting for a command.
+    waiting: bool = False
 
     @property
     def running(self) -> bool:
