@@ -172,10 +172,22 @@ def resolve_program(program: str, env: Mapping[str, str] | None) -> bytes:
     return os.fsencode(found)
 
 
+#: (a copy of os.environ's data, its encoding): encoding ~40 variables costs ~0.1 ms
+#: on every run, comparing two dicts (in C) a microsecond.
+_environ_cache: tuple[dict[bytes, bytes], bytes] = ({}, b"")
+
+
 def encode_env(env: Mapping[str, str] | None) -> bytes:
-    if env is None:
-        return b"".join(k + b"=" + v + b"\0" for k, v in os.environb.items())
-    return b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    """`env` (None: this process's environment, as subprocess) as NUL-ended entries."""
+    global _environ_cache
+    if env is not None:
+        return b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    data = os.environb._data  # type: ignore[attr-defined]  # the dict behind os.environ
+    cached_data, encoded = _environ_cache
+    if data != cached_data:
+        encoded = b"".join(k + b"=" + v + b"\0" for k, v in data.items())
+        _environ_cache = (dict(data), encoded)
+    return encoded
 
 
 class AheadPopen(subprocess.Popen):  # type: ignore[type-arg]
@@ -484,8 +496,9 @@ class LauncherPool:
             self._preparing = None
             if launcher is not None and not self._closed and self._ready is None:
                 self._ready, launcher = launcher, None
-        if launcher is not None:
+        if launcher is not None:  # the pool was closed meanwhile
             launcher.abort()
+            self.discard(launcher.tool_call.id)
         done.set()
 
     def ready_id(self) -> str | None:
@@ -503,10 +516,8 @@ class LauncherPool:
         with self._lock:
             self._closed = True
             self._wake.notify()
-            preparing = self._preparing if self._wanted is None else None
-        if preparing is not None:
-            preparing[1].wait(5.0)
-        with self._lock:
+            # One being placed now is aborted by the worker when the placement returns.
             ready, self._ready = self._ready, None
         if ready is not None:
             ready.abort()
+            self.discard(ready.tool_call.id)
