@@ -30,7 +30,7 @@ import structlog
 
 from agentd.cgroups.base import GroupUsage
 from agentd.cgroups.usage import FinalUsage
-from agentd.sdk.errors import AgentdError, DaemonUnavailable
+from agentd.sdk.errors import AgentdError, DaemonUnavailable, NotFound
 from agentd.sdk.launcher import launcher_path
 from agentd.sdk.spawn import spawn_with_stdio_devnull
 from agentd.v1 import agent_pb2 as pb
@@ -389,7 +389,11 @@ class Reporter:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except AgentdError as e:  # the session was closed meanwhile, ...
+            except NotFound as e:
+                # Closing the session ended it already (expected for a discarded launcher).
+                log.debug("report.refused", method=method, error=str(e))
+                return
+            except AgentdError as e:
                 log.info("report.refused", method=method, error=str(e))
                 return
             except Exception as e:  # the reporter must survive anything
