@@ -263,9 +263,11 @@ class Manager:
             tool_call = self._find_tool_call(caller, tool_call_id)
             if not tool_call.running:
                 raise FailedPreconditionError(f"tool call {tool_call_id!r} has ended")
-            if self._mark_started(tool_call, label, started_at):
+            started = self._mark_started(tool_call, label, started_at)
+            if started:
                 self.store.save_tool_call(tool_call)
-        self._publish(tool_call, "tool_call_begun")
+        if started:
+            self._publish(tool_call, "tool_call_begun")
         return tool_call
 
     def _notice_start(self, tool_call: ToolCall, pids: list[int]) -> None:
@@ -531,13 +533,14 @@ class Manager:
         with self._lock:
             for tool_call in list(self._tool_calls.values()):
                 try:
-                    empty = not self.backend.procs(tool_call.cgroup_rel)
+                    procs = self.backend.procs(tool_call.cgroup_rel)
                 except CgroupError:
-                    empty = True
+                    procs = []
+                empty = not procs
                 if not empty:
                     self._empty_since.pop(tool_call.id, None)
                     if tool_call.waiting:
-                        self._notice_start(tool_call, [tool_call.launcher_pid])
+                        self._notice_start(tool_call, procs)
                     continue
                 since = self._empty_since.setdefault(tool_call.id, now)
                 if now - since >= self.node.tool_call_grace_seconds:
@@ -647,7 +650,7 @@ class Manager:
         tool_call.ended_at = time.time()
         tool_call.exit = exit_status
         processes = self._track_end(tool_call, exit_status)
-        if processes is not None:
+        if processes is not None and not tool_call.waiting:  # see below: never recorded
             self._tree_saves.append((time.monotonic() + TREE_SAVE_DELAY_SECONDS, tool_call))
         tool_call.usage = replace(
             usage,

@@ -153,6 +153,21 @@ class Usage:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _UsageWithLateProcesses(Usage):
+    """Usage read by the SDK itself (launchers placed ahead), except `processes`: every
+    process the tool call started is counted by the daemon's tracker, so reading it
+    asks the daemon (after the end report) once; the group's pids.peak if it cannot."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "processes":
+            resolve = object.__getattribute__(self, "__dict__").pop("_resolve", None)
+            if resolve is not None:
+                with contextlib.suppress(AgentdError):
+                    object.__setattr__(self, "processes", resolve())
+        return object.__getattribute__(self, name)
+
+
 @dataclass
 class ToolCallResult:
     """Like subprocess.CompletedProcess, plus the tool call's id and usage."""
@@ -533,6 +548,10 @@ class ToolCallProcess:
         self.popen.wait(timeout)
         return self.finish(None, None)
 
+    def _daemon_processes(self) -> int:
+        request = pb.GetToolCallRequest(tool_call_id=self.tool_call_id)
+        return int(self.client.call("GetToolCall", request).usage.processes)
+
     def finish(self, stdout: Any, stderr: Any) -> ToolCallResult:
         """Report the exit status, collect the final usage; the group is removed."""
         rc = self.popen.wait()
@@ -549,7 +568,10 @@ class ToolCallProcess:
                     # final, and the daemon can be told afterwards.
                     reporter = self.client.reporter
                     reporter.ended(self.tool_call_id, label, ahead.started_at, exit_status)
-                    usage = Usage.from_group(self.tool_call_id, rc, raw, wall)
+                    usage = _UsageWithLateProcesses(
+                        **asdict(Usage.from_group(self.tool_call_id, rc, raw, wall))
+                    )
+                    object.__setattr__(usage, "_resolve", self._daemon_processes)
                     return ToolCallResult(self.args, rc, stdout, stderr, self.tool_call_id, usage)
                 # Something outlived the command: the daemon ends it now, as usual.
                 self.client.reporter.take_start(self.tool_call_id)
