@@ -31,6 +31,7 @@ from agentd.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from agentd.events import Event, EventBus
@@ -60,6 +61,9 @@ STORED_TREES = 2000
 #: Wait this long after a tool call ends before saving its tree: the exits of the
 #: processes killed with it are still on their way from the kernel.
 TREE_SAVE_DELAY_SECONDS = 1.0
+#: Launchers a session may have placed ahead and waiting (docs/placement.md): each
+#: holds a process and a group, so an agent cannot hoard them.
+MAX_WAITING_PER_SESSION = 4
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ class Manager:
                 for t in list(self._tool_calls.values())
                 if t.session_id == session_id
             ]
+            ended = [t for t in ended if not t.waiting]  # unused launchers were no tool calls
             self._spares.pop((session.id, session.created_at), None)
             try:
                 self.backend.remove(session.cgroup_rel)
@@ -239,23 +244,93 @@ class Manager:
 
     def running_count(self, session_id: str) -> int:
         with self._lock:
-            return sum(1 for t in self._tool_calls.values() if t.session_id == session_id)
+            return sum(
+                1 for t in self._tool_calls.values() if t.session_id == session_id and not t.waiting
+            )
 
     # ---- tool calls -------------------------------------------------------------
 
     def begin_tool_call(
-        self, caller: Caller, session_id: str, intent: Intent, pid: int
+        self, caller: Caller, session_id: str, intent: Intent, pid: int, ahead: bool = False
     ) -> ToolCall:
+        """Place the launcher `pid`; `ahead`: it waits for a command the SDK sends later,
+        and the tool call is WAITING until start_tool_call()."""
         with self._lock:
             session = self.get_session(caller, session_id)
             limits = self._tool_call_limits(session, intent)
             self._check_launcher(caller, pid)
-            tool_call = self._place(session, caller.uid, intent, limits, pid)
+            if ahead:
+                self._check_waiting_cap(session)
+            tool_call = self._place(session, caller.uid, intent, limits, pid, waiting=ahead)
             # Still before the launcher's go: the tracker sees every fork of the command.
             self._track_begin(tool_call, [pid])
-        self._publish(tool_call, "tool_call_begun")
+        if not ahead:  # one placed ahead is announced when its command starts
+            self._publish(tool_call, "tool_call_begun")
         log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
         return tool_call
+
+    def _check_waiting_cap(self, session: Session) -> None:
+        waiting = sum(
+            1 for t in self._tool_calls.values() if t.session_id == session.id and t.waiting
+        )
+        if waiting >= MAX_WAITING_PER_SESSION:
+            raise ResourceExhaustedError(
+                f"session {session.id!r} already has {waiting} launchers placed ahead "
+                f"(the limit is {MAX_WAITING_PER_SESSION})"
+            )
+
+    def start_tool_call(
+        self, caller: Caller, tool_call_id: str, label: str, started_at: float | None
+    ) -> ToolCall:
+        """A tool call begun ahead got its command (reported by the SDK afterwards)."""
+        with self._lock:
+            tool_call = self._find_tool_call(caller, tool_call_id)
+            if not tool_call.running:
+                raise FailedPreconditionError(f"tool call {tool_call_id!r} has ended")
+            started = self._mark_started(tool_call, label, started_at)
+            if started:
+                self.store.save_tool_call(tool_call)
+        if started:
+            self._publish(tool_call, "tool_call_begun")
+        return tool_call
+
+    def _notice_start(self, tool_call: ToolCall, pids: list[int]) -> None:
+        """A launcher placed ahead that runs something else now received its command,
+        whether or not the SDK's report arrived (it may be lost with a daemon restart):
+        the tool call is running, labelled with the command line the kernel shows."""
+        pid = tool_call.launcher_pid
+        if pid not in pids:
+            return  # gone: the reaper ends it
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            return
+        if os.path.basename(exe) == LAUNCHER_NAME:
+            return  # still waiting
+        label = b" ".join(argv).decode(errors="replace")[:4096]
+        if self._mark_started(tool_call, label, None):
+            self.store.save_tool_call(tool_call)
+            log.info("tool_call.start_noticed", tool_call=tool_call.id, label=label)
+            self._publish(tool_call, "tool_call_begun")
+
+    def _mark_started(self, tool_call: ToolCall, label: str, started_at: float | None) -> bool:
+        """False if it was not waiting (begun the ordinary way, or already reported:
+        the first report stands)."""
+        if len(label) > 4096:
+            raise InvalidArgumentError("label", "is longer than 4096 characters")
+        if not tool_call.waiting:
+            return False
+        tool_call.waiting = False
+        session = self._sessions.get(tool_call.session_id)
+        if session is not None:
+            session.tool_calls_total += 1
+        tool_call.intent = replace(tool_call.intent, label=label)
+        if started_at is not None:
+            # The SDK's clock; kept between placement and now so the wall time is sane.
+            tool_call.started_at = min(max(started_at, tool_call.started_at), time.time())
+        return True
 
     def validate_intent(self, caller: Caller, session_id: str, intent: Intent) -> None:
         with self._lock:
@@ -314,7 +389,13 @@ class Manager:
             self._finish(tool_call, status, kill=True)
 
     def _place(
-        self, session: Session, owner_uid: int, intent: Intent, limits: Resources, pid: int
+        self,
+        session: Session,
+        owner_uid: int,
+        intent: Intent,
+        limits: Resources,
+        pid: int,
+        waiting: bool = False,
     ) -> ToolCall:
         """Create (or take a spare) group with the limits and move `pid` into it."""
         spare = self._take_spare(session)
@@ -326,6 +407,7 @@ class Manager:
             limits=limits,
             started_at=time.time(),
             launcher_pid=pid,
+            waiting=waiting,
         )
         rel = tool_call.cgroup_rel
         group_limits = self._group_limits(limits, intent.priority or session.priority)
@@ -345,16 +427,29 @@ class Manager:
             raise UnavailableError(f"could not place pid {pid} in its cgroup: {e}") from e
         # The count is not persisted per tool call (a write on the hot path); the
         # store recounts it from the tool_calls table when the session is loaded.
-        session.tool_calls_total += 1
+        if not waiting:  # one placed ahead counts once its command starts
+            session.tool_calls_total += 1
         self.store.save_tool_call(tool_call)
         self._tool_calls[tool_call.id] = tool_call
         return tool_call
 
-    def end_tool_call(self, caller: Caller, tool_call_id: str, exit_status: ExitStatus) -> ToolCall:
+    def end_tool_call(
+        self,
+        caller: Caller,
+        tool_call_id: str,
+        exit_status: ExitStatus,
+        label: str = "",
+        started_at: float | None = None,
+    ) -> ToolCall:
+        """`label`/`started_at`: the start of a tool call begun ahead, folded into its end."""
         with self._lock:
             tool_call = self._find_tool_call(caller, tool_call_id)
             if not tool_call.running:
                 return tool_call  # ending twice is harmless: the first report stands
+            if (label or started_at is not None) and self._mark_started(
+                tool_call, label, started_at
+            ):
+                self._publish(tool_call, "tool_call_begun")
             return self._finish(tool_call, exit_status, kill=True)
 
     def kill_tool_call(self, caller: Caller, tool_call_id: str, sig: int) -> ToolCall:
@@ -384,6 +479,7 @@ class Manager:
                 for t in self._tool_calls.values()
                 if (not session_id or t.session_id == session_id)
                 and self._visible(caller, t.owner_uid)
+                and not t.waiting  # a launcher placed ahead is not a tool call yet
             ]
         ended: list[ToolCall] = []
         if include_ended:
@@ -422,6 +518,8 @@ class Manager:
                     counts["tool_calls_running"] += 1
                     pids = self.backend.procs(tool_call.cgroup_rel, recursive=True)
                     self._track_begin(tool_call, pids, seed=True)
+                    if tool_call.waiting:
+                        self._notice_start(tool_call, pids)
                 else:
                     tool_call.ended_at = time.time()
                     self.store.save_tool_call(tool_call)
@@ -462,11 +560,14 @@ class Manager:
         with self._lock:
             for tool_call in list(self._tool_calls.values()):
                 try:
-                    empty = not self.backend.procs(tool_call.cgroup_rel)
+                    procs = self.backend.procs(tool_call.cgroup_rel)
                 except CgroupError:
-                    empty = True
+                    procs = []
+                empty = not procs
                 if not empty:
                     self._empty_since.pop(tool_call.id, None)
+                    if tool_call.waiting:
+                        self._notice_start(tool_call, procs)
                     continue
                 since = self._empty_since.setdefault(tool_call.id, now)
                 if now - since >= self.node.tool_call_grace_seconds:
@@ -578,7 +679,7 @@ class Manager:
         tool_call.ended_at = time.time()
         tool_call.exit = exit_status
         processes = self._track_end(tool_call, exit_status)
-        if processes is not None:
+        if processes is not None and not tool_call.waiting:  # see below: never recorded
             self._tree_saves.append((time.monotonic() + TREE_SAVE_DELAY_SECONDS, tool_call))
         tool_call.usage = replace(
             usage,
@@ -586,9 +687,14 @@ class Manager:
             processes=processes if processes is not None else usage.processes,
         )
         tool_call.leftover_processes_killed = leftovers
-        self.store.save_tool_call(tool_call)
         self._tool_calls.pop(tool_call.id, None)
         self._empty_since.pop(tool_call.id, None)
+        if tool_call.waiting:
+            # A launcher placed ahead that never got a command (its session closed, its
+            # SDK went away): no tool call happened, so none is recorded.
+            self.store.forget_tool_call(tool_call.id)
+            return tool_call
+        self.store.save_tool_call(tool_call)
         log.debug("tool_call.ended", tool_call=tool_call.id, exit=exit_status.shell_code)
         self._publish(tool_call, "tool_call_ended")
         return tool_call

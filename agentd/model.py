@@ -127,6 +127,8 @@ class ToolCall:
     usage: Usage = field(default_factory=Usage)
     leftover_processes_killed: int = 0
     enforcements: list[Enforcement] = field(default_factory=list)
+    # Begun ahead (docs/placement.md): placed, its launcher waiting for a command.
+    waiting: bool = False
 
     @property
     def running(self) -> bool:

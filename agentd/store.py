@@ -51,15 +51,16 @@ CREATE INDEX IF NOT EXISTS tool_calls_session ON tool_calls (session_id);
 """
 
 
-def _intent_to_json(intent: Intent) -> str:
-    return json.dumps(
-        {
-            "resources": intent.resources.as_dict(),
-            "expected_duration_seconds": intent.expected_duration_seconds,
-            "priority": int(intent.priority) if intent.priority else None,
-            "label": intent.label,
-        }
-    )
+def _intent_to_json(intent: Intent, waiting: bool = False) -> str:
+    data = {
+        "resources": intent.resources.as_dict(),
+        "expected_duration_seconds": intent.expected_duration_seconds,
+        "priority": int(intent.priority) if intent.priority else None,
+        "label": intent.label,
+    }
+    if waiting:  # placed ahead, no command yet (ToolCall.waiting); absent otherwise
+        data["waiting_for_command"] = True
+    return json.dumps(data)
 
 
 def _intent_from_json(text: str) -> Intent:
@@ -113,7 +114,7 @@ class Store:
                     t.id,
                     t.session_id,
                     t.owner_uid,
-                    _intent_to_json(t.intent),
+                    _intent_to_json(t.intent, t.waiting),
                     json.dumps(t.limits.as_dict()),
                     t.started_at,
                     t.launcher_pid,
@@ -124,6 +125,10 @@ class Store:
                     t.leftover_processes_killed,
                 ),
             )
+
+    def forget_tool_call(self, tool_call_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM tool_calls WHERE id = ?", (tool_call_id,))
 
     def save_process_tree(
         self, tool_call_id: str, session_id: str, ended_at: float, tree: dict[str, Any], keep: int
@@ -216,4 +221,5 @@ class Store:
             exit=ExitStatus(**json.loads(row[8])) if row[8] else ExitStatus(),
             usage=Usage(**json.loads(row[9])) if row[9] else Usage(),
             leftover_processes_killed=row[10],
+            waiting=json.loads(row[3]).get("waiting_for_command", False),
         )

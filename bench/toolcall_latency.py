@@ -227,15 +227,25 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def measure_round(
-    session: Session, runs: int, command: list[str]
+    session: Session, runs: int, command: list[str], settle: bool = True
 ) -> tuple[list[float], list[float]]:
     """`runs` samples of each, interleaved; which one goes first alternates so that
-    neither always runs right after the other's side effects."""
+    neither always runs right after the other's side effects.
+
+    `settle`: after each tool call, and outside the timed region, wait for the SDK's
+    background work (placing the next launcher, reporting the end) to finish, as it
+    would between an agent's tool calls, which come seconds apart. Without it the
+    next sample (either kind) competes with that work for the CPU and the GIL.
+    """
 
     def via_agentd() -> None:
         result = session.run(command)
         if result.returncode != 0:
             raise RuntimeError(f"tool call {result.tool_call_id} exited {result.returncode}")
+
+    def settled() -> None:
+        if settle:
+            session.settle()
 
     def bare() -> None:
         subprocess.run(command, check=True)
@@ -243,8 +253,10 @@ def measure_round(
     toolcall: list[float] = []
     baseline: list[float] = []
     for i in range(runs):
+        settled()
         if i % 2 == 0:
             toolcall.append(timed(via_agentd))
+            settled()
             baseline.append(timed(bare))
         else:
             baseline.append(timed(bare))
@@ -276,16 +288,20 @@ def environment(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "command": args.command,
+        "launchers_ahead": not args.no_ahead,
+        "settle": args.settle,
     }
 
 
 def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
     result = Result()
-    with Client(daemon.socket) as client:
+    with Client(daemon.socket, ahead=not args.no_ahead) as client:
         result.environment = environment(client, args)
         session = client.session(f"bench-{secrets.token_hex(4)}")
         try:
-            measure_round(session, args.warmup, args.command)  # excluded: caches, imports
+            measure_round(
+                session, args.warmup, args.command, args.settle
+            )  # excluded: caches, imports
             all_toolcall: list[float] = []
             all_bare: list[float] = []
             assert daemon.process is not None
@@ -293,7 +309,7 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
             for number in range(1, args.rounds + 1):
                 cpu_before = sum(daemon_process.cpu_times()[:2])
                 with gc_paused():
-                    toolcall, bare = measure_round(session, args.runs, args.command)
+                    toolcall, bare = measure_round(session, args.runs, args.command, args.settle)
                 cpu_ms = (sum(daemon_process.cpu_times()[:2]) - cpu_before) * 1e3 / args.runs
                 result.daemon_cpu_ms_per_call.append(cpu_ms)
                 comparison = Comparison.of(toolcall, bare)
@@ -348,6 +364,10 @@ def print_summary(result: Result) -> None:
         f"{env['loadavg_at_end'][0]:.2f}, cgroup {env['cgroup_mode']} "
         f"(backend {env['cgroup_backend']}), kernel {env['kernel']}, Python {env['python']}"
     )
+    print(
+        f"launchers placed ahead: {'on' if env['launchers_ahead'] else 'off'}, "
+        f"settle between samples: {'on' if env['settle'] else 'off'}"
+    )
     print(f"note: {NOISE_CAVEAT}")
 
 
@@ -388,6 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument(
         "--cgroup-backend", choices=("auto", "v1", "v2"), help="passed to the daemon"
+    )
+    parser.add_argument(
+        "--no-ahead",
+        action="store_true",
+        help="the ordinary path: no launcher placed ahead (Client(ahead=False))",
+    )
+    parser.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="back to back: do not wait for the SDK's background work between samples",
     )
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the daemon's log and state dir"

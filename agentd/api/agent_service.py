@@ -108,8 +108,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
         running = self.manager.running_count(s.id) if s.open else 0
         return convert.session_to_pb(s, running, self.manager.backend.path_of(s.cgroup_rel))
 
-    def _tool_call(self, t: ToolCall) -> pb.ToolCall:
-        return convert.tool_call_to_pb(t, self.manager.backend.path_of(t.cgroup_rel))
+    def _tool_call(self, t: ToolCall, with_usage_paths: bool = False) -> pb.ToolCall:
+        backend = self.manager.backend
+        # Only BeginToolCall's caller needs the paths (the SDK reads the final usage).
+        paths = backend.usage_paths(t.cgroup_rel) if with_usage_paths else None
+        return convert.tool_call_to_pb(t, backend.path_of(t.cgroup_rel), paths)
 
     @rpc
     def CreateSession(self, caller: Caller, request: pb.CreateSessionRequest, context: Any):
@@ -156,7 +159,17 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def BeginToolCall(self, caller: Caller, request: pb.BeginToolCallRequest, context: Any):
         intent = convert.intent_from_pb(request.intent)
         tool_call = self.manager.begin_tool_call(
-            caller, _required(request.session_id), intent, request.pid
+            caller, _required(request.session_id), intent, request.pid, ahead=request.ahead
+        )
+        return self._tool_call(tool_call, with_usage_paths=True)
+
+    @rpc
+    def StartToolCall(self, caller: Caller, request: pb.StartToolCallRequest, context: Any):
+        tool_call = self.manager.start_tool_call(
+            caller,
+            _required(request.tool_call_id, "tool_call_id"),
+            request.label,
+            _seconds(request.started_at),
         )
         return self._tool_call(tool_call)
 
@@ -164,7 +177,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def EndToolCall(self, caller: Caller, request: pb.EndToolCallRequest, context: Any):
         exit_status = convert.exit_from_pb(request.exit)
         tool_call = self.manager.end_tool_call(
-            caller, _required(request.tool_call_id, "tool_call_id"), exit_status
+            caller,
+            _required(request.tool_call_id, "tool_call_id"),
+            exit_status,
+            label=request.label,
+            started_at=_seconds(request.started_at),
         )
         return self._tool_call(tool_call)
 
@@ -323,6 +340,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
         mine = {e.pid for e in self.executors.of_caller(caller)}
         removed = request.pid in mine and self.executors.unregister(request.pid)
         return pb.UnregisterExecutorResponse(removed=removed)
+
+
+def _seconds(timestamp: Any) -> float | None:
+    """A Timestamp as epoch seconds; None when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return None
+    return float(timestamp.ToNanoseconds()) / 1e9
 
 
 def _required(value: str, field: str = "session_id") -> str:

@@ -155,14 +155,22 @@ def usage_to_pb(u: Usage) -> pb.Usage:
     )
 
 
-def tool_call_to_pb(t: ToolCall, cgroup: str) -> pb.ToolCall:
+def _tool_call_state(t: ToolCall) -> int:
+    if not t.running:
+        return pb.TOOL_CALL_STATE_ENDED
+    return pb.TOOL_CALL_STATE_WAITING if t.waiting else pb.TOOL_CALL_STATE_RUNNING
+
+
+def tool_call_to_pb(
+    t: ToolCall, cgroup: str, usage_paths: dict[str, str] | None = None
+) -> pb.ToolCall:
     return pb.ToolCall(
         id=t.id,
         session_id=t.session_id,
         owner_uid=t.owner_uid,
         intent=intent_to_pb(t.intent),
         limits=resources_to_pb(t.limits),
-        state=pb.TOOL_CALL_STATE_RUNNING if t.running else pb.TOOL_CALL_STATE_ENDED,
+        state=_tool_call_state(t),
         started_at=_timestamp(t.started_at),
         ended_at=_timestamp(t.ended_at),
         exit=pb.ExitStatus(known=t.exit.known, exit_code=t.exit.exit_code, signal=t.exit.signal),
@@ -172,6 +180,7 @@ def tool_call_to_pb(t: ToolCall, cgroup: str) -> pb.ToolCall:
         cgroup=cgroup,
         launcher_pid=t.launcher_pid,
         enforcements=[enforcement_to_pb(e) for e in t.enforcements],
+        usage_paths=usage_paths or {},
     )
 
 

@@ -17,13 +17,13 @@ from agentd.cgroups.common import (
     freeze_signal_thaw,
     join,
     mkdir_exist_ok,
-    parse_keyed,
     procs_of,
     read_int,
     remove_tree,
     wait_until,
 )
 from agentd.cgroups.fs import CgroupFs, FsError
+from agentd.cgroups.usage import usage_at
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 
@@ -184,27 +184,11 @@ class V1Backend:
         return procs_of(self._fs, self.path_of(rel), recursive)
 
     def usage(self, rel: str) -> GroupUsage:
+        return usage_at(self._fs, self.usage_paths(rel))
+
+    def usage_paths(self, rel: str) -> dict[str, str]:
         check_rel(rel)
-        fs = self._fs
-        mem = join(self._base["memory"], rel)
-        acct = join(self._base["cpuacct"], rel)
-        pids = join(self._base["pids"], rel)
-        cpu_stat = parse_keyed(fs.read_text(f"{join(self._base['cpu'], rel)}/cpu.stat"))
-        oom = parse_keyed(fs.read_text(f"{mem}/memory.oom_control"))
-        current_pids = read_int(fs, f"{pids}/pids.current", 0)
-        return GroupUsage(
-            memory_current=read_int(fs, f"{mem}/memory.usage_in_bytes"),
-            memory_peak=read_int(fs, f"{mem}/memory.max_usage_in_bytes"),
-            oom_kills=oom.get("oom_kill", 0),
-            cpu_user_usec=read_int(fs, f"{acct}/cpuacct.usage_user") // 1000,
-            cpu_system_usec=read_int(fs, f"{acct}/cpuacct.usage_sys") // 1000,
-            # throttled_time is in ns on v1 (v2 reports usec)
-            cpu_throttled_usec=cpu_stat.get("throttled_time", 0) // 1000,
-            cpu_nr_throttled=cpu_stat.get("nr_throttled", 0),
-            pids_current=current_pids,
-            # pids.peak appeared in 6.1; older kernels only have current.
-            pids_peak=read_int(fs, f"{pids}/pids.peak", current_pids),
-        )
+        return {c: join(self._base[c], rel) for c in ("memory", "cpu", "cpuacct", "pids")}
 
     # -- freezer / kill ----------------------------------------------------------
 

@@ -25,11 +25,11 @@ from agentd.cgroups.common import (
     parse_keyed,
     parse_pids,
     procs_of,
-    read_int,
     remove_tree,
     wait_until,
 )
 from agentd.cgroups.fs import CgroupFs, FsError
+from agentd.cgroups.usage import UNIFIED, usage_at
 
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
@@ -210,24 +210,10 @@ class V2Backend:
         return procs_of(self._fs, self.path_of(rel), recursive)
 
     def usage(self, rel: str) -> GroupUsage:
-        path = self.path_of(rel)
-        fs = self._fs
-        cpu = parse_keyed(fs.read_text(f"{path}/cpu.stat"))
-        events = parse_keyed(fs.read_text(f"{path}/memory.events"))
-        current = read_int(fs, f"{path}/memory.current")
-        pids_current = read_int(fs, f"{path}/pids.current")
-        return GroupUsage(
-            memory_current=current,
-            # memory.peak appeared in 5.19, pids.peak in 6.1: fall back to current.
-            memory_peak=read_int(fs, f"{path}/memory.peak", current),
-            oom_kills=events.get("oom_kill", 0),
-            cpu_user_usec=cpu.get("user_usec", 0),
-            cpu_system_usec=cpu.get("system_usec", 0),
-            cpu_throttled_usec=cpu.get("throttled_usec", 0),
-            cpu_nr_throttled=cpu.get("nr_throttled", 0),
-            pids_current=pids_current,
-            pids_peak=read_int(fs, f"{path}/pids.peak", pids_current),
-        )
+        return usage_at(self._fs, self.usage_paths(rel))
+
+    def usage_paths(self, rel: str) -> dict[str, str]:
+        return {UNIFIED: self.path_of(rel)}
 
     # -- freezer / kill ----------------------------------------------------------
 

@@ -491,13 +491,14 @@ def tool_call_dict(t: Any) -> dict[str, Any]:
     from agentd.v1 import agent_pb2 as pb
 
     running = t.state == pb.TOOL_CALL_STATE_RUNNING
-    exit_known = t.exit.known and not running
+    waiting = t.state == pb.TOOL_CALL_STATE_WAITING  # a launcher placed ahead
+    exit_known = t.exit.known and t.state == pb.TOOL_CALL_STATE_ENDED
     u = t.usage
     return {
         "id": t.id,
         "session_id": t.session_id,
         "owner_uid": t.owner_uid,
-        "state": "running" if running else "ended",
+        "state": "running" if running else "waiting" if waiting else "ended",
         "label": t.intent.label,
         "priority": _priority_name(t.intent.priority),
         "limits": _resources_dict(t.limits),
@@ -564,7 +565,9 @@ def _age(iso: str | None, now: float) -> str:
 def connect(socket_path: str) -> Client:
     from agentd.sdk.client import Client
 
-    return Client(socket_path)
+    # One command per process: a launcher placed ahead for a next run would be
+    # wasted work (docs/placement.md).
+    return Client(socket_path, ahead=False)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,19 @@
  * so the SDK can raise FileNotFoundError/PermissionError like subprocess does;
  * a successful exec closes it and the SDK reads EOF.
  *
+ *   agentd-exec --ahead SOCK_FD
+ *
+ * Placed ahead of time (docs/placement.md): the SDK starts it before any
+ * command is known and agentd places it in a spare group; it blocks in
+ * recvmsg(SOCK_FD) until the SDK sends the command. SOCK_FD is a unix stream
+ * socket; the message is a header (struct ahead_header) carrying three fds
+ * (the command's stdin, stdout, stderr) as SCM_RIGHTS, then `length` bytes of
+ * NUL-terminated strings: the program's path, the cwd ("" keeps the current
+ * one), argc argv strings, envc environment strings. EOF or anything malformed
+ * means exit 127 without running anything. The reply works like ERR_FD: the
+ * socket is close-on-exec, so EOF means the command executes, 4 bytes are the
+ * errno of a failed chdir or execve.
+ *
  * Written in C rather than Python or sh because it sits on the hot path of
  * every tool call: an exec of this binary costs a fraction of a shell's.
  */
@@ -20,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static int parse_fd(const char *s) {
@@ -29,7 +44,111 @@ static int parse_fd(const char *s) {
     return (int)v;
 }
 
+static void report_errno(int fd, int err) {
+    ssize_t w;
+    do {
+        w = write(fd, &err, sizeof err);
+    } while (w < 0 && errno == EINTR);
+}
+
+struct ahead_header {
+    unsigned int length; /* bytes of strings that follow */
+    unsigned int argc;
+    unsigned int envc;
+};
+
+#define AHEAD_MAX_LENGTH (64u << 20)
+
+/* Reads exactly n bytes; 0 on success. */
+static int read_full(int fd, char *buf, size_t n) {
+    while (n > 0) {
+        ssize_t r = read(fd, buf, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        buf += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int run_ahead(int sock) {
+    struct ahead_header h;
+    struct iovec iov = {.iov_base = &h, .iov_len = sizeof h};
+    union {
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    do {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return 127; /* the SDK went away: never ran anything */
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+        c->cmsg_len != CMSG_LEN(3 * sizeof(int)))
+        return 127;
+    int fds[3];
+    memcpy(fds, CMSG_DATA(c), sizeof fds);
+    if ((size_t)n < sizeof h && read_full(sock, (char *)&h + n, sizeof h - (size_t)n) != 0)
+        return 127;
+    if (h.length == 0 || h.length > AHEAD_MAX_LENGTH || h.argc == 0 ||
+        h.argc > h.length || h.envc > h.length)
+        return 127;
+    char *strings = malloc((size_t)h.length + 1);
+    char **vec = calloc((size_t)h.argc + h.envc + 2, sizeof(char *));
+    if (strings == NULL || vec == NULL || read_full(sock, strings, h.length) != 0) return 127;
+    strings[h.length] = '\0';
+    /* path, cwd, argv..., NULL, envp..., NULL (vec shares one allocation) */
+    char *p = strings, *end = strings + h.length;
+    char *path = p;
+    p += strlen(p) + 1;
+    if (p >= end) return 127;
+    char *cwd = p;
+    p += strlen(p) + 1;
+    char **args = vec, **envp = vec + h.argc + 1;
+    for (unsigned int i = 0; i < h.argc + h.envc; i++) {
+        if (p >= end) return 127;
+        if (i < h.argc)
+            args[i] = p;
+        else
+            envp[i - h.argc] = p;
+        p += strlen(p) + 1;
+    }
+    for (int i = 0; i < 3; i++) {
+        /* dup2 clears close-on-exec on the target; the received fds are above 2
+         * because 0-2 are open (the SDK starts the launcher with /dev/null). */
+        if (dup2(fds[i], i) < 0) {
+            report_errno(sock, errno);
+            return 127;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] > 2) close(fds[i]);
+    }
+    if (*cwd && chdir(cwd) != 0) {
+        report_errno(sock, errno);
+        return 127;
+    }
+    execve(path, args, envp);
+    report_errno(sock, errno);
+    return 127;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--ahead") == 0) {
+        int sock = parse_fd(argv[2]);
+        if (sock < 0) {
+            fprintf(stderr, "agentd-exec: bad socket argument\n");
+            return 127;
+        }
+        fcntl(sock, F_SETFD, FD_CLOEXEC);
+        return run_ahead(sock);
+    }
     if (argc < 5 || strcmp(argv[3], "--") != 0) {
         fprintf(stderr, "usage: agentd-exec GO_FD ERR_FD -- COMMAND [ARGS...]\n");
         return 127;

@@ -20,6 +20,7 @@ import errno
 import os
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +28,18 @@ from typing import IO, Any, TypeVar
 
 import grpc
 
+from agentd.cgroups.base import GroupUsage
 from agentd.credproto import TOKEN_METADATA_KEY, fetch_token
 from agentd.sdk import launcher
+from agentd.sdk.ahead import (
+    AheadPopen,
+    LauncherGone,
+    LauncherPool,
+    Reporter,
+    WaitingLauncher,
+    intent_key,
+    resolve_program,
+)
 from agentd.sdk.errors import (
     AgentdError,
     DaemonUnavailable,
@@ -36,6 +47,7 @@ from agentd.sdk.errors import (
     ToolCallTimeout,
     from_rpc_error,
 )
+from agentd.units import parse_size
 from agentd.v1 import agent_pb2 as pb
 from agentd.v1 import agent_pb2_grpc as pb_grpc
 
@@ -55,6 +67,10 @@ PRIORITIES = {
 }
 
 T = TypeVar("T")
+
+#: Calls that do not wait for the background reports (they are those reports, or a
+#: placement, which the reports never affect).
+_REPORTS = frozenset({"BeginToolCall", "StartToolCall", "EndToolCall"})
 
 
 def _amount(value: str | int | float | None) -> str:
@@ -153,8 +169,41 @@ class Usage:
             enforcements=tuple(Enforcement.from_pb(e) for e in t.enforcements),
         )
 
+    @classmethod
+    def from_group(cls, tool_call_id: str, returncode: int, raw: Any, wall_seconds: float) -> Usage:
+        """From the group's counters read by the SDK itself (agentd.cgroups.usage)."""
+        return cls(
+            tool_call_id=tool_call_id,
+            exit_code=returncode if returncode >= 0 else None,
+            signal=max(-returncode, 0),
+            oom_killed=raw.oom_kills > 0,
+            oom_kills=raw.oom_kills,
+            peak_memory_bytes=raw.memory_peak,
+            cpu_user_seconds=raw.cpu_user_usec / 1e6,
+            cpu_system_seconds=raw.cpu_system_usec / 1e6,
+            cpu_throttled_seconds=raw.cpu_throttled_usec / 1e6,
+            wall_seconds=wall_seconds,
+            processes=raw.pids_peak,
+            leftover_processes_killed=0,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _UsageWithLateProcesses(Usage):
+    """Usage read by the SDK itself (launchers placed ahead), except `processes`: every
+    process the tool call started is counted by the daemon's tracker, so reading it
+    asks the daemon (after the end report) once; the group's pids.peak if it cannot."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "processes":
+            resolve = object.__getattribute__(self, "__dict__").pop("_resolve", None)
+            if resolve is not None:
+                with contextlib.suppress(AgentdError):
+                    object.__setattr__(self, "processes", resolve())
+        return object.__getattribute__(self, name)
 
 
 @dataclass
@@ -180,11 +229,20 @@ class ToolCallResult:
 
 
 class Client:
-    """A connection to the local agentd. Thread-safe; reuse one per process."""
+    """A connection to the local agentd. Thread-safe; reuse one per process.
 
-    def __init__(self, socket_path: str | None = None, timeout: float = 30.0) -> None:
+    `ahead` (default on): every session keeps a launcher placed ahead of time, so a
+    tool call starts without waiting for the daemon (docs/placement.md).
+    """
+
+    def __init__(
+        self, socket_path: str | None = None, timeout: float = 30.0, ahead: bool = True
+    ) -> None:
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
+        self.ahead = ahead
+        self.reporter = Reporter(self.call)
+        self._pools: weakref.WeakSet[LauncherPool] = weakref.WeakSet()
         if not Path(self.socket_path).exists():
             raise DaemonUnavailable(f"no agentd socket at {self.socket_path} (is agentd running?)")
         self._channel = grpc.insecure_channel(f"unix:{self.socket_path}")
@@ -202,6 +260,10 @@ class Client:
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         """Invoke an AgentService method; a daemon restart (stale token) is retried once."""
         rpc: Callable[..., Any] = getattr(self._stub, method)
+        if method not in _REPORTS:
+            # Read your own writes: what this client reported in the background (the
+            # starts and ends of tool calls run on launchers placed ahead) lands first.
+            self.reporter.flush()
         for attempt in (0, 1):
             try:
                 return rpc(
@@ -284,6 +346,9 @@ class Client:
             stream.cancel()
 
     def close(self) -> None:
+        for pool in list(self._pools):
+            pool.close()
+        self.reporter.flush()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -298,6 +363,27 @@ class Session:
         self.client = client
         self.info = info
         self.id: str = info.id
+        self._pool: LauncherPool | None = None
+        if client.ahead:
+            self._pool = LauncherPool(self._begin_ahead, client.reporter.discarded)
+            client._pools.add(self._pool)
+            self._pool.prepare(pb.Intent())  # the session's default limits
+
+    def _begin_ahead(self, intent: pb.Intent, pid: int) -> pb.ToolCall:
+        request = pb.BeginToolCallRequest(session_id=self.id, intent=intent, pid=pid, ahead=True)
+        return self.client.call("BeginToolCall", request)
+
+    def placed_ahead(self) -> str | None:
+        """The tool-call id the next run() will get if its limits are those of the
+        launcher waiting for it (see settle()); None if none is waiting."""
+        return self._pool.ready_id() if self._pool is not None else None
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the background work of finished tool calls is done (the next
+        launcher placed, the daemon told of every start and end)."""
+        if self._pool is not None:
+            self._pool.wait_prepared(timeout)
+        self.client.reporter.flush(timeout)
 
     def __enter__(self) -> Session:
         return self
@@ -306,6 +392,10 @@ class Session:
         self.close()
 
     def close(self) -> pb.CloseSessionResponse:
+        if self._pool is not None:
+            self._pool.close()
+        # Ends reported late would find their tool calls already ended by the close.
+        self.client.reporter.flush()
         return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id))
 
     def tool_calls(self, include_ended: bool = False) -> list[pb.ToolCall]:
@@ -343,6 +433,12 @@ class Session:
         )
         if expected_duration is not None:
             intent.expected_duration.FromNanoseconds(int(expected_duration * 1e9))
+        if self._pool is not None:
+            started = self._start_ahead(
+                args, intent, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=text
+            )
+            if started is not None:
+                return started
         pending = launcher.spawn(
             args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=text
         )
@@ -369,7 +465,50 @@ class Session:
                     ),
                 )
             raise
+        self._prepare_next(intent)
         return ToolCallProcess(self.client, tool_call.id, args, pending.process)
+
+    def _prepare_next(self, intent: pb.Intent) -> None:
+        """Place a launcher for the next tool call, expecting the same limits."""
+        if self._pool is not None:
+            self._pool.prepare(pb.Intent(resources=intent.resources, priority=intent.priority))
+
+    def _start_ahead(
+        self,
+        args: list[str],
+        intent: pb.Intent,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        **stdio: Any,
+    ) -> ToolCallProcess | None:
+        """Run on the launcher placed ahead for this intent; None if there is none."""
+        assert self._pool is not None
+        if cwd is not None and not os.path.isdir(cwd):
+            raise FileNotFoundError(errno.ENOENT, "No such directory", os.fspath(cwd))
+        program = resolve_program(args[0], env)
+        waiting = self._pool.take(intent_key(intent))
+        if waiting is None:
+            return None  # the ordinary way places one for next time
+        started_at, started = time.time(), time.monotonic()
+        try:
+            popen = AheadPopen(waiting, program, args, env=env, cwd=cwd, **stdio)
+        except LauncherGone:
+            waiting.abort()
+            return None
+        except OSError as e:
+            code = 127 if e.errno == errno.ENOENT else 126
+            exit_status = pb.ExitStatus(known=True, exit_code=code)
+            self.client.reporter.ended(waiting.tool_call.id, intent.label, started_at, exit_status)
+            self._prepare_next(intent)
+            raise
+        self.client.reporter.started(waiting.tool_call.id, intent.label, started_at)
+        return ToolCallProcess(
+            self.client,
+            waiting.tool_call.id,
+            args,
+            popen,
+            ahead=_Ahead(waiting, intent, started_at, started, self._prepare_next),
+        )
 
     def run(
         self,
@@ -412,17 +551,34 @@ class Session:
         return result
 
 
+@dataclass
+class _Ahead:
+    """What finishing a tool call started on a launcher placed ahead needs."""
+
+    launcher: WaitingLauncher
+    intent: pb.Intent
+    started_at: float  # epoch, for the daemon
+    started: float  # monotonic, for the wall time
+    prepare_next: Callable[[pb.Intent], None]
+
+
 class ToolCallProcess:
     """A running tool call: the Popen of its command, plus kill() for the whole tree."""
 
     def __init__(
-        self, client: Client, tool_call_id: str, args: Sequence[str], popen: subprocess.Popen
+        self,
+        client: Client,
+        tool_call_id: str,
+        args: Sequence[str],
+        popen: subprocess.Popen,
+        ahead: _Ahead | None = None,
     ) -> None:
         self.client = client
         self.tool_call_id = tool_call_id
         self.args = args
         self.popen = popen
         self.pid = popen.pid
+        self._ahead = ahead
 
     def kill(self, sig: int = 0) -> None:
         """Signal every process of the tool call (SIGKILL by default), not just the command."""
@@ -436,13 +592,39 @@ class ToolCallProcess:
         self.popen.wait(timeout)
         return self.finish(None, None)
 
+    def _daemon_processes(self) -> int:
+        request = pb.GetToolCallRequest(tool_call_id=self.tool_call_id)
+        return int(self.client.call("GetToolCall", request).usage.processes)
+
     def finish(self, stdout: Any, stderr: Any) -> ToolCallResult:
         """Report the exit status, collect the final usage; the group is removed."""
         rc = self.popen.wait()
         exit_status = pb.ExitStatus(known=True, exit_code=max(rc, 0), signal=max(-rc, 0))
-        ended = self.client.call(
-            "EndToolCall", pb.EndToolCallRequest(tool_call_id=self.tool_call_id, exit=exit_status)
-        )
+        request = pb.EndToolCallRequest(tool_call_id=self.tool_call_id, exit=exit_status)
+        ahead = self._ahead
+        if ahead is not None:
+            wall = time.monotonic() - ahead.started
+            raw = ahead.launcher.final_usage()
+            label = ahead.intent.label
+            try:
+                if raw is not None and not _daemon_acted(rc, raw, ahead.intent):
+                    # The group is empty: nothing is left to kill, the counters are
+                    # final, and the daemon can be told afterwards.
+                    reporter = self.client.reporter
+                    reporter.ended(self.tool_call_id, label, ahead.started_at, exit_status)
+                    usage = _UsageWithLateProcesses(
+                        **asdict(Usage.from_group(self.tool_call_id, rc, raw, wall))
+                    )
+                    object.__setattr__(usage, "_resolve", self._daemon_processes)
+                    return ToolCallResult(self.args, rc, stdout, stderr, self.tool_call_id, usage)
+                # Something outlived the command, or the daemon may have acted on it
+                # (its records and suggestions come with the end): it ends it now.
+                self.client.reporter.take_start(self.tool_call_id)
+                request.label = label
+                request.started_at.FromNanoseconds(int(ahead.started_at * 1e9))
+            finally:
+                ahead.prepare_next(ahead.intent)
+        ended = self.client.call("EndToolCall", request)
         return ToolCallResult(
             args=self.args,
             returncode=rc,
@@ -451,6 +633,16 @@ class ToolCallProcess:
             tool_call_id=self.tool_call_id,
             usage=Usage.from_pb(ended),
         )
+
+
+def _daemon_acted(rc: int, raw: GroupUsage, intent: pb.Intent) -> bool:
+    """Whether agentd may have stopped, resumed, killed or OOM-killed the command: then
+    the result must carry its enforcement records, which only EndToolCall returns.
+    Killed (by a signal), an OOM kill, or memory beyond the intent (the guard's bound)."""
+    if rc < 0 or raw.oom_kills:
+        return True
+    memory = intent.resources.memory_max
+    return bool(memory) and raw.memory_peak > parse_size(memory)
 
 
 def wait_for_socket(socket_path: str, timeout: float = 10.0) -> None:

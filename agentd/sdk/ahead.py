@@ -1,0 +1,527 @@
+"""Launchers placed ahead of time: a tool call whose RPCs are off the critical path.
+
+Per session the SDK keeps one `agentd-exec --ahead` launcher that the daemon has
+already placed in its tool-call group (BeginToolCall with `ahead`), waiting on a
+socket. Running a command then costs what a bare spawn costs: the argv, env, cwd and
+the three stdio fds go to the launcher over the socket and it executes at once. The
+daemon learns of the start and of the end afterwards, from `Reporter` (a background
+thread); the result's usage is read from the group's own (world-readable) usage
+files. See docs/placement.md, "Launchers placed ahead".
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agentd.cgroups.base import GroupUsage
+from agentd.cgroups.usage import FinalUsage
+from agentd.sdk.errors import AgentdError, DaemonUnavailable, NotFound
+from agentd.sdk.launcher import launcher_path
+from agentd.sdk.spawn import spawn_with_stdio_devnull
+from agentd.v1 import agent_pb2 as pb
+
+log = structlog.get_logger("agentd.sdk")
+
+#: The launcher's socket inside it (agentd_exec.c reads its number from argv).
+LAUNCHER_SOCKET_FD = 3
+#: How long a run waits for a launcher of its intent still being placed before it
+#: starts the ordinary way. Waiting is never slower than that way (which does the same
+#: spawn and BeginToolCall), unless the placement fails: then this bounds the loss.
+TAKE_WAIT_SECONDS = 1.0
+#: A start is reported only if the command still runs this much later: a short tool
+#: call's start then travels folded into its end (one RPC instead of two), and the
+#: report does not compete with the agent's own thread for the GIL right after the
+#: command started.
+START_REPORT_DELAY_SECONDS = 0.05
+#: How long the reporter retries a report while the daemon is unreachable (restart).
+REPORT_RETRY_SECONDS = 60.0
+
+_HEADER = struct.Struct("=III")  # length of the strings, argc, envc (agentd_exec.c)
+
+
+class LauncherGone(Exception):
+    """The waiting launcher cannot take the command (it died); start the ordinary way."""
+
+
+def intent_key(intent: pb.Intent) -> bytes:
+    """What a launcher placed ahead was placed for: the limits, not the label."""
+    return pb.Intent(resources=intent.resources, priority=intent.priority).SerializeToString(
+        deterministic=True
+    )
+
+
+@dataclass
+class WaitingLauncher:
+    """A placed launcher: its pid, the SDK's end of its socket, its tool call."""
+
+    pid: int
+    sock: socket.socket
+    tool_call: pb.ToolCall
+    key: bytes
+    reaped: bool = False
+    usage_files: FinalUsage | None = None  # opened once placed, read when it ended
+
+    def final_usage(self) -> GroupUsage | None:
+        """The group's usage read directly, or None when the daemon must end it
+        (something outlived the command and must be killed, or nothing is readable)."""
+        files, self.usage_files = self.usage_files, None
+        if files is None:
+            return None
+        try:
+            return files.read()
+        except (OSError, ValueError):
+            return None
+        finally:
+            files.close()
+
+    def alive(self) -> bool:
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self.pid
+        if pid:
+            self.reaped = True
+            self.sock.close()
+        return not pid
+
+    def execute(
+        self, program: bytes, args: Sequence[str], env: bytes, cwd: bytes, stdio: list[int]
+    ) -> int:
+        """Hand over the command; 0 once it executes, else the errno of chdir/execve."""
+        argv = b"".join(os.fsencode(a) + b"\0" for a in args)
+        strings = program + b"\0" + cwd + b"\0" + argv + env
+        envc = env.count(b"\0")
+        header = _HEADER.pack(len(strings), len(args), envc)
+        try:
+            self.sock.sendmsg(
+                [header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", stdio))]
+            )
+            self.sock.sendall(strings)
+        except OSError as e:
+            raise LauncherGone(f"launcher {self.pid}: {e}") from e
+        reply = b""
+        while len(reply) < 4:
+            chunk = self.sock.recv(4 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+        self.sock.close()
+        return int.from_bytes(reply, "little", signed=True) if len(reply) == 4 else 0
+
+    def abort(self) -> None:
+        """Never run anything: the launcher reads EOF and exits 127."""
+        if self.usage_files is not None:
+            self.usage_files.close()
+            self.usage_files = None
+        self.sock.close()
+        if not self.reaped:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.reaped = True
+
+
+def spawn_waiting() -> tuple[int, socket.socket]:
+    """Start `agentd-exec --ahead 3` with /dev/null stdio; returns its pid and our end.
+
+    posix_spawn (vfork underneath, without the GIL: spawn.py) instead of subprocess:
+    cheaper, and no Popen object whose finalizer could reap the pid the command's
+    Popen will own.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        child_fd = theirs.fileno()
+        if child_fd < LAUNCHER_SOCKET_FD:  # stdio closed in this process: keep it clear of 0-2
+            child_fd = os.dup(child_fd)  # non-inheritable, numbered above 2
+        path = launcher_path()
+        pid = spawn_with_stdio_devnull(
+            path, [path, "--ahead", str(LAUNCHER_SOCKET_FD)], child_fd, LAUNCHER_SOCKET_FD
+        )
+        if child_fd != theirs.fileno():
+            os.close(child_fd)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return pid, ours
+
+
+def resolve_program(program: str, env: Mapping[str, str] | None) -> bytes:
+    """The path execve gets: PATH (the tool call's env's, as subprocess) resolved here."""
+    if os.sep in program:
+        return os.fsencode(program)
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    found = shutil.which(program, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
+    return os.fsencode(found)
+
+
+#: (a copy of os.environ's data, its encoding): encoding ~40 variables costs ~0.1 ms
+#: on every run, comparing two dicts (in C) a microsecond.
+_environ_cache: tuple[dict[bytes, bytes], bytes] = ({}, b"")
+
+
+def encode_env(env: Mapping[str, str] | None) -> bytes:
+    """`env` (None: this process's environment, as subprocess) as NUL-ended entries."""
+    global _environ_cache
+    if env is not None:
+        return b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    data = os.environb._data  # type: ignore[attr-defined]  # the dict behind os.environ
+    cached_data, encoded = _environ_cache
+    if data != cached_data:
+        encoded = b"".join(k + b"=" + v + b"\0" for k, v in data.items())
+        _environ_cache = (dict(data), encoded)
+    return encoded
+
+
+class AheadPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """A Popen whose child is a launcher placed ahead instead of a fresh fork.
+
+    subprocess.Popen does the stdio plumbing (pipes, text mode, communicate, wait);
+    only `_execute_child` (the fork and exec) is replaced: the child-side fds are
+    sent to the waiting launcher, which becomes this Popen's process.
+    """
+
+    def __init__(self, launcher: WaitingLauncher, program: bytes, *args: Any, **kwargs: Any):
+        self._launcher = launcher
+        self._program = program
+        super().__init__(*args, **kwargs)
+
+    def _execute_child(  # type: ignore[override]
+        self,
+        args: Sequence[str],
+        executable: Any,
+        preexec_fn: Any,
+        close_fds: bool,
+        pass_fds: Any,
+        cwd: Any,
+        env: Mapping[str, str] | None,
+        startupinfo: Any,
+        creationflags: int,
+        shell: bool,
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        *unused: Any,
+    ) -> None:
+        stdio = [p2cread, c2pwrite, errwrite]
+        stdio = [fd if fd != -1 else i for i, fd in enumerate(stdio)]
+        launcher = self._launcher
+        try:
+            code = launcher.execute(
+                self._program,
+                args,
+                encode_env(env),
+                os.fsencode(cwd) if cwd is not None else b"",
+                stdio,
+            )
+        finally:
+            # The child's ends, closed in the parent exactly as subprocess does.
+            devnull = getattr(self, "_devnull", None)
+            if p2cread != -1 and p2cwrite != -1 and p2cread != devnull:
+                os.close(p2cread)
+            if c2pwrite != -1 and c2pread != -1 and c2pwrite != devnull:
+                os.close(c2pwrite)
+            if errwrite != -1 and errread != -1 and errwrite != devnull:
+                os.close(errwrite)
+            if devnull is not None:
+                os.close(devnull)
+            self._closed_child_pipe_fds = True
+        if code:
+            launcher.abort()  # it exits 127 after reporting; reap it
+            name = cwd if code == errno.ENOENT and cwd and not os.path.isdir(cwd) else args[0]
+            raise OSError(code, os.strerror(code), name)
+        self.pid = launcher.pid
+        self._child_created = True
+
+
+@dataclass
+class _Report:
+    tool_call_id: str
+    label: str
+    started_at: float
+    exit: pb.ExitStatus | None = None
+    due: float = 0.0  # time.monotonic() from which it is sent
+
+
+class Reporter:
+    """Tells the daemon, off the critical path, that tool calls begun ahead started and
+    ended. A start still queued when its end arrives is folded into the end (one RPC).
+    While the daemon is unreachable (a restart) a report is retried, so the daemon
+    still learns the exit status; past REPORT_RETRY_SECONDS it is dropped, and the
+    daemon's reaper ends the tool call with an unknown status."""
+
+    def __init__(self, call: Callable[[str, Any], Any]) -> None:
+        self._call = call
+        self._queue: collections.deque[_Report] = collections.deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._flushing = 0  # flush() in progress: delayed starts are due at once
+        self._thread: threading.Thread | None = None
+
+    def started(self, tool_call_id: str, label: str, started_at: float) -> None:
+        due = time.monotonic() + START_REPORT_DELAY_SECONDS
+        self._put(_Report(tool_call_id, label, started_at, due=due))
+
+    def ended(self, tool_call_id: str, label: str, started_at: float, exit: pb.ExitStatus) -> None:
+        self._put(_Report(tool_call_id, label, started_at, exit))
+
+    def discarded(self, tool_call_id: str) -> None:
+        """A launcher placed ahead was dropped unused: the daemon forgets its tool call
+        now rather than when its reaper notices the empty group."""
+        self._put(_Report(tool_call_id, "", 0.0, pb.ExitStatus()))
+
+    def take_start(self, tool_call_id: str) -> bool:
+        """Withdraw a queued start (the caller reports the end itself, synchronously)."""
+        with self._cond:
+            for report in self._queue:
+                if report.tool_call_id == tool_call_id and report.exit is None:
+                    self._queue.remove(report)
+                    return True
+        return False
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued report is sent; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if not self._queue and not self._busy:
+                return True  # the common case, without waking the thread
+            self._flushing += 1
+            self._cond.notify_all()
+        try:
+            return self._wait_empty(deadline)
+        finally:
+            with self._cond:
+                self._flushing -= 1
+
+    def _wait_empty(self, deadline: float) -> bool:
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _put(self, report: _Report) -> None:
+        with self._cond:
+            if report.exit is not None:
+                # Folded: the end carries the label and start time.
+                self._queue = collections.deque(
+                    r for r in self._queue if r.tool_call_id != report.tool_call_id
+                )
+            self._queue.append(report)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="agentd-sdk-reporter", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                report = self._next_due()
+                self._busy = True
+            self._send(report)
+
+    def _next_due(self) -> _Report:
+        """The oldest report that is due (ends are at once); waits for one."""
+        while True:
+            now = time.monotonic()
+            for report in self._queue:
+                if report.due <= now or self._flushing:
+                    self._queue.remove(report)
+                    return report
+            if not self._queue:
+                self._cond.notify_all()  # flush() waits for this
+            wait = min((r.due for r in self._queue), default=now + 3600) - now
+            self._cond.wait(max(wait, 0.001))
+
+    def _send(self, report: _Report) -> None:
+        started_at = _timestamp(report.started_at) if report.started_at else None
+        if report.exit is None:
+            method, request = (
+                "StartToolCall",
+                pb.StartToolCallRequest(
+                    tool_call_id=report.tool_call_id, label=report.label, started_at=started_at
+                ),
+            )
+        else:
+            method, request = (
+                "EndToolCall",
+                pb.EndToolCallRequest(
+                    tool_call_id=report.tool_call_id,
+                    exit=report.exit,
+                    label=report.label,
+                    started_at=started_at,
+                ),
+            )
+        deadline = time.monotonic() + REPORT_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                self._call(method, request)
+                return
+            except DaemonUnavailable as e:
+                if time.monotonic() + delay > deadline:
+                    log.warning("report.dropped", method=method, error=str(e))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except NotFound as e:
+                # Closing the session ended it already (expected for a discarded launcher).
+                log.debug("report.refused", method=method, error=str(e))
+                return
+            except AgentdError as e:
+                log.info("report.refused", method=method, error=str(e))
+                return
+            except Exception as e:  # the reporter must survive anything
+                log.warning("report.failed", method=method, error=str(e))
+                return
+
+
+def _timestamp(seconds: float) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+@dataclass(eq=False)  # identity: kept in a WeakSet
+class LauncherPool:
+    """One session's launcher placed ahead, for the intent of its latest tool call."""
+
+    begin: Callable[[pb.Intent, int], pb.ToolCall]
+    discard: Callable[[str], None]  # tell the daemon an unused launcher is gone
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ready: WaitingLauncher | None = None
+    _preparing: tuple[bytes, threading.Event] | None = None
+    _wanted: pb.Intent | None = None
+    _worker: threading.Thread | None = None
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._wake = threading.Condition(self._lock)
+
+    def take(self, key: bytes) -> WaitingLauncher | None:
+        """The placed launcher for `key`, or None (then one is prepared for next time)."""
+        with self._lock:
+            preparing = self._preparing
+        if preparing is not None and preparing[0] == key:
+            preparing[1].wait(TAKE_WAIT_SECONDS)
+        with self._lock:
+            ready = self._ready
+            if ready is not None and ready.key == key:
+                self._ready = None
+                if ready.alive():
+                    return ready
+                ready.abort()
+        return None
+
+    def prepare(self, intent: pb.Intent) -> None:
+        """Place a launcher for `intent` in the background, replacing one for another.
+
+        Only signals the pool's worker thread: starting a thread here would cost the
+        caller ~1 ms (Thread.start waits for it, then it takes the GIL).
+        """
+        key = intent_key(intent)
+        with self._lock:
+            if self._closed or self._preparing is not None:
+                return
+            if self._ready is not None:
+                if self._ready.key == key:
+                    return
+                stale, self._ready = self._ready, None
+                stale.abort()
+                self.discard(stale.tool_call.id)
+            self._preparing = (key, threading.Event())
+            self._wanted = intent
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="agentd-sdk-ahead", daemon=True
+                )
+                self._worker.start()
+            self._wake.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._wanted is None and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    self._worker = None
+                    if self._preparing is not None:  # wanted, never started
+                        self._preparing[1].set()
+                        self._preparing = None
+                    return
+                intent, self._wanted = self._wanted, None
+                assert self._preparing is not None
+                key, done = self._preparing
+            self._prepare(intent, key, done)
+
+    def _prepare(self, intent: pb.Intent, key: bytes, done: threading.Event) -> None:
+        launcher: WaitingLauncher | None = None
+        try:
+            pid, sock = spawn_waiting()
+            launcher = WaitingLauncher(pid=pid, sock=sock, tool_call=pb.ToolCall(), key=key)
+            launcher.tool_call = self.begin(intent, pid)
+            try:
+                launcher.usage_files = FinalUsage(launcher.tool_call.usage_paths)
+            except (OSError, KeyError):  # not readable here: the daemon reports usage
+                launcher.usage_files = None
+        except Exception as e:  # the ordinary path still works; it reports errors
+            log.debug("ahead.prepare_failed", error=str(e))
+            if launcher is not None:
+                launcher.abort()
+            launcher = None
+        with self._lock:
+            self._preparing = None
+            if launcher is not None and not self._closed and self._ready is None:
+                self._ready, launcher = launcher, None
+        if launcher is not None:  # the pool was closed meanwhile
+            launcher.abort()
+            self.discard(launcher.tool_call.id)
+        done.set()
+
+    def ready_id(self) -> str | None:
+        with self._lock:
+            return self._ready.tool_call.id if self._ready is not None else None
+
+    def wait_prepared(self, timeout: float) -> None:
+        with self._lock:
+            preparing = self._preparing
+        if preparing is not None:
+            preparing[1].wait(timeout)
+
+    def close(self) -> None:
+        """Abort the waiting launcher (the daemon ends its tool call with the session)."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            # One being placed now is aborted by the worker when the placement returns.
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.abort()
+            self.discard(ready.tool_call.id)

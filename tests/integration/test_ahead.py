@@ -1,0 +1,210 @@
+"""Launchers placed ahead (docs/placement.md): a tool call whose RPCs are off the
+critical path keeps placement before exec, ownership, usage and restart recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentd.sdk import Client, NotFound
+from agentd.sdk.ahead import spawn_waiting
+from agentd.sdk.errors import ResourceExhausted
+from agentd.v1 import agent_pb2 as pb
+
+MiB = 1024 * 1024
+
+
+def cgroup_of(text: str, controller: str = "memory") -> str:
+    return next(x for x in text.splitlines() if f":{controller}:" in x).split(":", 2)[2]
+
+
+def tool_call(client: Client, tool_call_id: str) -> pb.ToolCall:
+    return client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=tool_call_id))
+
+
+def test_a_run_takes_the_placed_launcher_and_the_daemon_learns_all_of_it(agentd):
+    with agentd.client() as client, client.session("ahead") as session:
+        session.settle()
+        waiting_id = session.placed_ahead()
+        assert waiting_id is not None
+        waiting = tool_call(client, waiting_id)
+        assert waiting.state == pb.TOOL_CALL_STATE_WAITING
+        assert session.tool_calls() == []  # a launcher waiting is not a tool call yet
+        # The launcher sits in its group before any command exists.
+        launcher_groups = Path(f"/proc/{waiting.launcher_pid}/cgroup").read_text()
+        assert cgroup_of(launcher_groups).endswith(f"/sessions/ahead/{waiting_id}")
+
+        result = session.run(
+            [sys.executable, "-c", "import sys; print(open('/proc/self/cgroup').read())"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.tool_call_id == waiting_id
+        for controller in ("memory", "pids", "cpu", "cpuacct", "freezer"):
+            assert cgroup_of(result.stdout, controller).endswith(f"/sessions/ahead/{waiting_id}")
+        # Usage read by the SDK from the group itself: a Python start uses CPU and memory.
+        assert result.usage.cpu_user_seconds + result.usage.cpu_system_seconds > 0
+        assert result.usage.peak_memory_bytes > 1 * MiB
+        assert result.usage.processes >= 1
+        assert 0 < result.usage.wall_seconds < 30
+
+        ended = tool_call(client, waiting_id)  # call() lands the background reports first
+        assert ended.state == pb.TOOL_CALL_STATE_ENDED
+        assert ended.exit.known and ended.exit.exit_code == 0
+        assert ended.intent.label.startswith(sys.executable)
+        assert ended.usage.cpu_user_seconds + ended.usage.cpu_system_seconds > 0
+        listed = [t.id for t in session.tool_calls(include_ended=True)]
+        assert waiting_id in listed
+        # The next launcher is placed for the next tool call.
+        session.settle()
+        assert session.placed_ahead() not in (None, waiting_id)
+
+
+def test_other_limits_run_the_ordinary_way_and_the_next_launcher_gets_them(agentd):
+    hog = [sys.executable, "-c", "x = bytearray(200 << 20); print('survived')"]
+    with agentd.client() as client, client.session("limits", memory="1G") as session:
+        session.settle()
+        default_id = session.placed_ahead()
+        first = session.run(hog, memory="64M", capture_output=True)
+        assert first.tool_call_id != default_id
+        assert first.returncode == -signal.SIGKILL and first.usage.oom_killed
+        session.settle()
+        limited_id = session.placed_ahead()
+        assert limited_id not in (None, default_id)
+        assert tool_call(client, limited_id).limits.memory_max == "67108864"
+        # The limit is in force before the command executes on the placed launcher.
+        second = session.run(hog, memory="64M", capture_output=True)
+        assert second.tool_call_id == limited_id
+        assert second.returncode == -signal.SIGKILL
+        assert second.usage.oom_killed and second.usage.peak_memory_bytes <= 64 * MiB
+        assert b"survived" not in second.stdout
+        # The replaced launcher (default limits) is gone without a trace.
+        with pytest.raises(NotFound):
+            tool_call(client, default_id)
+
+
+def test_exec_failure_on_a_placed_launcher_raises_like_subprocess(agentd):
+    with agentd.client() as client, client.session("enoent") as session:
+        session.settle()
+        waiting_id = session.placed_ahead()
+        with pytest.raises(FileNotFoundError):
+            session.run(["/nonexistent/program"])
+        ended = tool_call(client, waiting_id)
+        assert ended.state == pb.TOOL_CALL_STATE_ENDED
+        assert ended.exit.exit_code == 127
+        with pytest.raises(FileNotFoundError):
+            session.run(["/bin/true"], cwd="/nonexistent-dir")
+        assert session.run(["/bin/true"]).returncode == 0
+
+
+def test_stdio_env_and_cwd_reach_the_command(agentd, tmp_path):
+    with agentd.client() as client, client.session("stdio") as session:
+        session.settle()
+        result = session.run(
+            ["/bin/sh", "-c", 'read line; echo "$line $GREETING $(pwd)"; echo oops >&2; exit 4'],
+            input="hello",
+            capture_output=True,
+            text=True,
+            env={"GREETING": "world", "PATH": os.defpath},
+            cwd=tmp_path,
+        )
+        assert result.returncode == 4
+        assert result.stdout == f"hello world {tmp_path}\n"
+        assert result.stderr == "oops\n"
+        assert result.usage.exit_code == 4
+
+
+def test_a_launcher_placed_ahead_never_runs_garbage():
+    """agentd_exec.c refuses a malformed command message: exit 127, nothing run."""
+    pid, sock = spawn_waiting()
+    with sock:
+        sock.sendall(struct.pack("=III", 10, 0, 0) + b"x" * 10)  # argc 0, no fds
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 127
+
+
+def test_placing_ahead_is_bounded_per_session(agentd):
+    with agentd.client() as client, client.session("hoard") as session:
+        session.settle()
+        launchers = []
+        try:
+            with pytest.raises(ResourceExhausted):
+                for _ in range(10):
+                    pid, sock = spawn_waiting()
+                    launchers.append((pid, sock))
+                    client.call(
+                        "BeginToolCall",
+                        pb.BeginToolCallRequest(session_id=session.id, pid=pid, ahead=True),
+                    )
+            assert len(launchers) == 4  # 3 more besides the SDK's own: the limit is 4
+        finally:
+            for pid, sock in launchers:
+                sock.close()
+                os.waitpid(pid, 0)
+
+
+def test_sigkill_and_restart_forget_no_tool_call_begun_ahead(agentd):
+    client = agentd.client()
+    session = client.session("survivor-ahead")
+    session.settle()
+    waiting_id = session.placed_ahead()
+    process = session.start(["/bin/sleep", "30"])
+    assert process.tool_call_id == waiting_id
+    agentd.stop(signal.SIGKILL)  # before the SDK's start report (it waits 50 ms)
+    assert process.popen.poll() is None, "the tool call died with the daemon"
+    agentd.start()
+    other = agentd.client()
+    recovered = tool_call(other, waiting_id)
+    assert recovered.state in (pb.TOOL_CALL_STATE_RUNNING, pb.TOOL_CALL_STATE_WAITING)
+    # The first client's report gets through once the daemon is back (retried).
+    deadline = time.monotonic() + 20
+    while tool_call(other, waiting_id).state != pb.TOOL_CALL_STATE_RUNNING:
+        assert time.monotonic() < deadline, "the start was never reported"
+        time.sleep(0.1)
+    assert tool_call(other, waiting_id).intent.label == "/bin/sleep 30"
+    assert [t.id for t in other.attach("survivor-ahead").tool_calls()] == [waiting_id]
+    process.kill()
+    result = process.wait()
+    assert result.returncode == -signal.SIGKILL
+    ended = tool_call(client, waiting_id)  # the client that reported the end
+    assert ended.state == pb.TOOL_CALL_STATE_ENDED and ended.exit.signal == signal.SIGKILL
+    closed = other.attach("survivor-ahead").close()
+    # The launcher the first client had placed for its next run is no tool call.
+    assert [t.id for t in closed.ended_tool_calls] == []
+    client.close()
+    other.close()
+
+
+def test_closing_leaves_no_launcher_and_no_record(agentd):
+    with agentd.client() as client:
+        session = client.session("tidy")
+        session.settle()
+        waiting = tool_call(client, session.placed_ahead())
+        session.run(["/bin/true"])
+        session.settle()
+        second = tool_call(client, session.placed_ahead())
+        closed = session.close()
+        assert len(closed.ended_tool_calls) == 0  # the one run had ended already
+        ended = client.call(
+            "ListToolCalls", pb.ListToolCallsRequest(session_id="", include_ended=True)
+        ).tool_calls
+        assert [t.id for t in ended if t.session_id == "tidy"] == [waiting.id]
+        for pid in (waiting.launcher_pid, second.launcher_pid):
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and _not_zombie(pid):
+                assert time.monotonic() < deadline, f"launcher {pid} outlived its session"
+                time.sleep(0.05)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -1,0 +1,108 @@
+"""The fast path's pure logic: env encoding, usage parsing, report folding."""
+
+from __future__ import annotations
+
+import threading
+
+from agentd.cgroups.usage import FinalUsage
+from agentd.sdk.ahead import Reporter, encode_env, intent_key
+from agentd.sdk.client import resources
+from agentd.v1 import agent_pb2 as pb
+
+
+def test_encode_env_follows_changes_to_the_environment(monkeypatch):
+    monkeypatch.setenv("AGENTD_TEST_VAR", "one")
+    first = encode_env(None)
+    assert b"AGENTD_TEST_VAR=one\0" in first
+    assert encode_env(None) is first  # unchanged: the cached encoding
+    monkeypatch.setenv("AGENTD_TEST_VAR", "two")
+    second = encode_env(None)
+    assert b"AGENTD_TEST_VAR=two\0" in second and b"AGENTD_TEST_VAR=one" not in second
+    assert encode_env({"A": "b", "C": "d"}) == b"A=b\0C=d\0"
+
+
+def test_intent_key_ignores_the_label_but_not_the_limits():
+    a = pb.Intent(resources=resources(memory="64M"), label="make")
+    b = pb.Intent(resources=resources(memory="64M"), label="pytest -x")
+    c = pb.Intent(resources=resources(memory="128M"), label="make")
+    d = pb.Intent(resources=resources(memory="64M"), priority=pb.PRIORITY_CLASS_BATCH)
+    assert intent_key(a) == intent_key(b)
+    assert len({intent_key(a), intent_key(c), intent_key(d)}) == 3
+
+
+def _write(directory, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def test_final_usage_v1_reads_every_counter_and_sees_leftovers(tmp_path):
+    paths = {c: str(tmp_path / c) for c in ("memory", "cpu", "cpuacct", "pids")}
+    _write(tmp_path / "pids", {"pids.current": "0\n", "pids.peak": "51\n"})
+    _write(
+        tmp_path / "memory",
+        {
+            "memory.max_usage_in_bytes": "73728000\n",
+            "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        },
+    )
+    _write(tmp_path / "cpuacct", {"cpuacct.usage_user": "1500000\n", "cpuacct.usage_sys": "7000\n"})
+    _write(
+        tmp_path / "cpu",
+        {"cpu.stat": "nr_periods 10\nnr_throttled 3\nthrottled_time 250000000\n"},
+    )
+    files = FinalUsage(paths)
+    usage = files.read()
+    assert usage is not None
+    assert usage.memory_peak == 73728000 and usage.oom_kills == 2
+    assert (usage.cpu_user_usec, usage.cpu_system_usec) == (1500, 7)
+    assert (usage.cpu_throttled_usec, usage.cpu_nr_throttled) == (250000, 3)
+    assert usage.pids_peak == 51
+    (tmp_path / "pids" / "pids.current").write_text("1\n")  # read again at offset 0
+    assert files.read() is None  # something is left inside: the daemon must end it
+    files.close()
+
+
+def test_final_usage_v2_without_optional_files(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "pids.current": "0\n",
+            "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+            "cpu.stat": "usage_usec 900\nuser_usec 600\nsystem_usec 300\nthrottled_usec 5\n",
+        },
+    )
+    files = FinalUsage({"unified": str(tmp_path)})  # no memory.peak / pids.peak: old kernel
+    usage = files.read()
+    files.close()
+    assert usage is not None
+    assert (usage.cpu_user_usec, usage.cpu_system_usec, usage.cpu_throttled_usec) == (600, 300, 5)
+    assert usage.oom_kills == 1 and usage.memory_peak == 0 and usage.pids_peak == 0
+
+
+def test_a_queued_start_is_folded_into_its_end():
+    sent: list[tuple[str, object]] = []
+    gate = threading.Event()
+
+    def call(method: str, request: object) -> None:
+        gate.wait(5)
+        sent.append((method, request))
+
+    reporter = Reporter(call)
+    reporter.ended("tc-000000000001", "first", 1.0, pb.ExitStatus(known=True))  # holds the thread
+    reporter.started("tc-000000000002", "sleep 1", 2.0)
+    reporter.ended("tc-000000000002", "sleep 1", 2.0, pb.ExitStatus(known=True, exit_code=3))
+    gate.set()
+    assert reporter.flush(5)
+    assert [m for m, _ in sent] == ["EndToolCall", "EndToolCall"]
+    folded = sent[1][1]
+    assert folded.tool_call_id == "tc-000000000002" and folded.label == "sleep 1"
+    assert folded.exit.exit_code == 3 and folded.started_at.ToNanoseconds() == 2_000_000_000
+
+
+def test_a_start_of_a_command_still_running_is_reported_after_the_delay():
+    sent: list[str] = []
+    reporter = Reporter(lambda method, request: sent.append(method))
+    reporter.started("tc-000000000003", "sleep 60", 1.0)
+    assert reporter.flush(5)  # flushing makes it due at once
+    assert sent == ["StartToolCall"]
