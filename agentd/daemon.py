@@ -37,7 +37,7 @@ from agentd.cgroups.detect import (
 from agentd.cgroups.v2 import V2Backend
 from agentd.cgroups.warmer import MigrationWarmer
 from agentd.config import Config, ConfigError, GuardConfig, add_arguments, load_config
-from agentd.control import MIN_INTERVAL_SECONDS, Control
+from agentd.control import Control
 from agentd.enforcement.controller import start_pressure
 from agentd.enforcement.guard import Guard, GuardSettings
 from agentd.enforcement.guard_policy import PolicySettings
@@ -209,11 +209,6 @@ def node_limits(cfg: Config) -> NodeLimits:
     )
 
 
-def _min_interval(cfg: Config) -> float:
-    """Control's anti-flap interval: [pressure] min_rewrite_interval_seconds."""
-    return cfg.pressure.min_rewrite_interval_seconds if cfg.pressure else MIN_INTERVAL_SECONDS
-
-
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -282,8 +277,11 @@ class Daemon:
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
         )
         warmer.start()
-        # The one writer of throttle / freeze / resume (shared with the scheduler API).
-        control = Control(manager, min_interval_seconds=_min_interval(cfg))
+        # The one writer of throttle / freeze / resume, shared by the scheduler API and
+        # the pressure policy. Its floor between two changes of a knob is short enough
+        # for a scheduler's freeze-then-resume; the policy paces itself more slowly
+        # ([pressure] min_rewrite_interval_seconds).
+        control = Control(manager)
         pressure = start_pressure(
             cfg.pressure, manager, control, priorities, node.allocatable_memory
         )

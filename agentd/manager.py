@@ -213,6 +213,7 @@ class Manager:
             # cannot die until thawed (killing a tool call thaws only its own group).
             with contextlib.suppress(CgroupError):
                 self.backend.thaw(session.cgroup_rel)
+            self._notice_starts(session_id)  # begun ahead, started, not reported yet
             ended = [
                 self._finish(t, ExitStatus(), kill=True)
                 for t in list(self._tool_calls.values())
@@ -244,6 +245,7 @@ class Manager:
 
     def running_count(self, session_id: str) -> int:
         with self._lock:
+            self._notice_starts(session_id)
             return sum(
                 1 for t in self._tool_calls.values() if t.session_id == session_id and not t.waiting
             )
@@ -293,6 +295,14 @@ class Manager:
         if started:
             self._publish(tool_call, "tool_call_begun")
         return tool_call
+
+    def _notice_starts(self, session_id: str) -> None:
+        """Launchers of the session placed ahead whose command started before the SDK's
+        report arrived (it comes ~50 ms late, or never if the SDK died) count as running
+        tool calls: closing, evicting or counting must not take them for unused ones."""
+        for tool_call in list(self._tool_calls.values()):
+            if tool_call.waiting and tool_call.session_id == session_id:
+                self._notice_start(tool_call, [tool_call.launcher_pid])
 
     def _notice_start(self, tool_call: ToolCall, pids: list[int]) -> None:
         """A launcher placed ahead that runs something else now received its command,
@@ -491,8 +501,11 @@ class Manager:
         return running + ended
 
     def tool_calls_running(self) -> int:
+        """Running tool calls; launchers placed ahead count once their command started."""
         with self._lock:
-            return len(self._tool_calls)
+            for session_id in {t.session_id for t in self._tool_calls.values() if t.waiting}:
+                self._notice_starts(session_id)
+            return sum(1 for t in self._tool_calls.values() if not t.waiting)
 
     # ---- recovery and housekeeping ----------------------------------------------
 

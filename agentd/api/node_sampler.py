@@ -73,6 +73,15 @@ class NodeSampler:
         self._last_cpu: tuple[float, int] | None = None  # (monotonic time, usec)
         self.latest = NodeSample()
 
+    def fresh(self, max_age_seconds: float = 0.2) -> NodeSample:
+        """The latest sample, taken anew if older than `max_age_seconds`: GetNodeState
+        answers with what is in use now (a handful of cgroupfs reads), while scoring
+        calls keep using the periodic sample."""
+        latest = self.latest
+        if time.time() - latest.time <= max_age_seconds:
+            return latest
+        return self.sample()
+
     def sample(self) -> NodeSample:
         pressure = {r: p for r in PSI_RESOURCES if (p := read_pressure(r)) is not None}
         try:

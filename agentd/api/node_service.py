@@ -138,7 +138,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     def GetNodeState(self, who: Principal, request: pb.GetNodeStateRequest, context: Any):
         # Read first: an event that races with the state is sent again, never missed.
         resume_token = token(self.manager.bus.boot_id, self.manager.bus.last_seq)
-        sample = self.sampler.latest
+        sample = self.sampler.fresh()
         open_sessions = self.manager.list_sessions(who.caller)
         reservations = self.reservations.live()
         state = pb.NodeState(

@@ -21,6 +21,7 @@ from agentd.cgroups.common import (
     read_int,
     remove_tree,
     wait_until,
+    walk_post_order,
 )
 from agentd.cgroups.fs import CgroupFs, FsError
 from agentd.cgroups.usage import usage_at
@@ -218,9 +219,19 @@ class V1Backend:
         """
         check_rel(rel)
         freezer = join(self._base["freezer"], rel)
+
+        def thaw() -> None:
+            if sig != signal.SIGKILL:
+                self.thaw(rel)
+                return
+            # A descendant frozen on its own (Control, the pressure policy) stays frozen
+            # when `rel` thaws, and a SIGKILLed task in a frozen v1 group never dies.
+            for path in walk_post_order(self._fs, freezer):
+                self._fs.write_text(f"{path}/freezer.state", "THAWED")
+
         return freeze_signal_thaw(
             freeze=lambda: self.freeze(rel),
-            thaw=lambda: self.thaw(rel),
+            thaw=thaw,
             list_procs=lambda: procs_of(self._fs, freezer, recursive=True),
             sig=sig,
             wait_empty=sig == signal.SIGKILL,

@@ -44,6 +44,7 @@ from agentd.enforcement.maps import (
 )
 from agentd.enforcement.metrics import GUARD_ACTIONS, OOM_KILLS_ATTRIBUTED
 from agentd.events import Event, EventBus
+from agentd.manager import LAUNCHER_NAME
 from agentd.model import Enforcement, Session, ToolCall
 from agentd.tracking.events import GuardRecord
 from agentd.tracking.tracker import Tracker
@@ -239,12 +240,23 @@ class Guard:
         for session_id, entry in sessions.items():
             mine = {g.tool_call.id: g for g in waiting if g.tool_call.session_id == session_id}
             since = {i: g.stopped_since or 0.0 for i, g in mine.items()}
-            victim = deadlocked(since, entry[1] if entry else 0)
+            victim = deadlocked(since, (entry[1] if entry else 0) - self._idle(session_id))
             if victim is not None:
                 log.info("guard.deadlock", session=session_id, given_up=victim, waiting=len(mine))
                 self._decide_memory(mine[victim], give_up=True)
         for guarded in waiting:
             self._decide_memory(guarded)
+
+    def _idle(self, session_id: str) -> int:
+        """Guarded launchers of the session placed ahead that still wait for a command
+        (docs/placement.md): they hold no memory and will never free any."""
+        with self._lock:
+            ahead = [
+                g.tool_call.launcher_pid
+                for g in self._by_key.values()
+                if g.tool_call.session_id == session_id and g.tool_call.waiting
+            ]
+        return sum(1 for pid in ahead if _still_launcher(pid))
 
     # ---- memory ----------------------------------------------------------------------
 
@@ -445,3 +457,10 @@ class Guard:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+
+def _still_launcher(pid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == LAUNCHER_NAME
+    except OSError:
+        return False

@@ -67,6 +67,9 @@ def test_a_run_takes_the_placed_launcher_and_the_daemon_learns_all_of_it(agentd)
         assert session.placed_ahead() not in (None, waiting_id)
 
 
+# The guard in "report" mode: the kernel's OOM kill at the intent's limit is what
+# shows that the limit is in force before the command executes.
+@pytest.mark.agentd_config('[guard]\nmemory_action = "report"\n')
 def test_other_limits_run_the_ordinary_way_and_the_next_launcher_gets_them(agentd):
     hog = [sys.executable, "-c", "x = bytearray(200 << 20); print('survived')"]
     with agentd.client() as client, client.session("limits", memory="1G") as session:

@@ -238,6 +238,21 @@ def test_freeze_and_thaw(v1: V1Backend, procs: Procs) -> None:
     assert cpu_over(0.3) > 50_000
 
 
+def test_kill_ends_a_descendant_frozen_on_its_own(v1: V1Backend, procs: Procs) -> None:
+    """A tool call frozen by itself stays frozen when its session thaws; SIGKILL of the
+    session must still end it (a SIGKILLed task in a frozen v1 group never dies)."""
+    parent = session(v1)
+    rel = f"{parent}/frozen"
+    v1.create(rel, GroupLimits())
+    p = procs.spawn("while True:\n    pass\n")
+    v1.move(rel, p.pid)
+    procs.release(p)
+    v1.freeze(rel)
+    assert v1.kill(parent) == 1
+    assert p.wait(timeout=10) == -9
+    assert read(v1, "freezer", rel, "freezer.state") == "THAWED"
+
+
 def test_kill_forking_group_and_descendants(v1: V1Backend, procs: Procs) -> None:
     rel = f"{session(v1)}/bomb"
     # Limits first: the fork loop below is bounded by pids.max and a CPU quota.

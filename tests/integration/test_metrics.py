@@ -54,7 +54,10 @@ def scrape_until(port: int, ready: Callable[[Sample], bool], timeout: float = 5.
 def metrics_daemon() -> Iterator[tuple[AgentdProcess, int]]:
     require_cgroup_v1()
     port = free_port()
-    daemon = AgentdProcess(config=f'[prometheus]\nlisten = "127.0.0.1:{port}"\n')
+    # The guard in "report" mode: the test counts a kernel OOM kill as an outcome.
+    daemon = AgentdProcess(
+        config=f'[prometheus]\nlisten = "127.0.0.1:{port}"\n[guard]\nmemory_action = "report"\n'
+    )
     daemon.start()
     yield daemon, port
     leftovers = daemon.cleanup()

@@ -111,8 +111,11 @@ def test_batch_throttled_frozen_resumed_while_interactive_runs(pressured_agentd,
     print(f"\nobserved: {obs}")
 
 
+# The guard in "report" mode: this tests the cgroup hierarchy's own bound (the guard,
+# which would stop the excess before the kernel kills it, has tests of its own).
 @pytest.mark.agentd_config(
     '[node]\nreserved_memory = "0"\n[pressure]\nenabled = false\n'
+    '[guard]\nmemory_action = "report"\n'
 )  # fmt: skip
 def test_session_budget_bounds_the_sum_of_its_tool_calls(agentd):
     """Each tool call may ask for up to the session's budget; together they cannot
