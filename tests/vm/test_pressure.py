@@ -115,7 +115,10 @@ def test_batch_throttled_frozen_resumed_while_interactive_runs(
     # Throttled: cpu.max 100m, memory.high 0.5 of the budget (140 MiB).
     assert obs.batch_throttled == ("10000 100000", str(140 * MiB)), obs
     assert obs.frozen_after is not None and obs.frozen_after >= obs.throttled_after + 1.5, obs
-    assert obs.batch_progress_while_frozen == 0, obs
+    # The knob reads frozen once cgroup.freeze is asked; under TCG the last tasks stop a
+    # few ms later (one run: 6 units, ~4 ms of the batch loop's work at ~1,500/s). A
+    # session that kept running would make hundreds here.
+    assert obs.batch_progress_while_frozen <= 30, obs
     assert obs.resumed_after is not None, obs
     assert obs.batch_after_resume == ("200000 100000", "max", False), obs
     assert obs.batch_progress_after_resume > 0, obs
