@@ -5,7 +5,9 @@ event streams, against a baseline measured in the same run: the gRPC health chec
 over the same TLS channels (what grpcio itself costs per call on this machine).
 
 Per run, each workload runs for --seconds with --procs client processes of
---threads closed-loop threads each; throughput and p50/p99 latency are printed per
+--concurrency closed-loop calls in flight each (grpc.aio clients: the load generator
+shares the two cores with the daemon, so it must cost little; each call is timed
+end to end on its own); throughput and p50/p99 latency are printed per
 run, then the median and min-max over --runs. Meanwhile --watchers streams watch
 every event (list-then-watch, GetNodeState's resume token) while a generator opens
 and closes sessions; at the end each watcher must have received every generated
@@ -20,6 +22,7 @@ removes them at the end:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -68,18 +71,41 @@ def _request(workload: str) -> tuple[str, Any]:
     return "Check", health_pb2.HealthCheckRequest()
 
 
+def aio_channel(address: str, certs: str, client: str) -> Any:
+    """A grpc.aio channel with the client certificate `client-<client>.pem` (the
+    asyncio twin of agentd.sdk.node.tls_channel)."""
+    import grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(f"{certs}/ca.pem").read_bytes(),
+        private_key=Path(f"{certs}/client-{client}.key").read_bytes(),
+        certificate_chain=Path(f"{certs}/client-{client}.pem").read_bytes(),
+    )
+    return grpc.aio.secure_channel(address, credentials)
+
+
 def client_process(
-    address: str, certs: str, workload: str, threads: int, start_at: float, seconds: float
-) -> tuple[list[float], int]:
-    """Closed-loop calls from `threads` threads; latencies in ms and the error count."""
+    address: str, certs: str, workload: str, concurrency: int, start_at: float, seconds: float
+) -> tuple[list[float], int, float]:
+    """Closed-loop calls from `concurrency` coroutines on one grpc.aio channel (one
+    event loop: a client costs the shared cores far less than a thread per call in
+    flight); latencies in ms, each timed around its own call, the error count and
+    the CPU seconds this process used meanwhile."""
+    import asyncio
+
+    return asyncio.run(_client(address, certs, workload, concurrency, start_at, seconds))
+
+
+async def _client(
+    address: str, certs: str, workload: str, concurrency: int, start_at: float, seconds: float
+) -> tuple[list[float], int, float]:
+    import asyncio
+
     from grpc_health.v1 import health_pb2_grpc
 
-    from agentd.sdk.node import tls_channel
     from agentd.v1 import node_pb2_grpc
 
-    channel = tls_channel(
-        address, f"{certs}/ca.pem", f"{certs}/client-bench.pem", f"{certs}/client-bench.key"
-    )
+    channel = aio_channel(address, certs, "bench")
     stub = (
         health_pb2_grpc.HealthStub(channel)
         if workload == "health"
@@ -87,67 +113,77 @@ def client_process(
     )
     method, request = _request(workload)
     call = getattr(stub, method)
-    call(request, timeout=10)  # connect and handshake outside the measurement
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors = [0]
+    await call(request, timeout=10)  # connect and handshake outside the measurement
+    latencies: list[float] = []
+    errors = 0
 
-    def loop(out: list[float]) -> None:
-        while time.time() < start_at:
-            time.sleep(0.001)
+    async def loop() -> None:
+        nonlocal errors
+        await asyncio.sleep(max(start_at - time.time(), 0))
         end = start_at + seconds
         while True:
             began = time.perf_counter()
             if time.time() >= end:
                 return
             try:
-                call(request, timeout=5)
+                await call(request, timeout=5)
             except Exception:
-                errors[0] += 1
+                errors += 1
                 continue
-            out.append((time.perf_counter() - began) * 1000)
+            latencies.append((time.perf_counter() - began) * 1000)
 
-    workers = [threading.Thread(target=loop, args=(out,)) for out in latencies]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    channel.close()
-    return [x for out in latencies for x in out], errors[0]
+    await asyncio.sleep(max(start_at - time.time(), 0))
+    cpu_began = time.process_time()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    cpu = time.process_time() - cpu_began
+    await channel.close()
+    return latencies, errors, cpu
 
 
 # ---- watchers and the event generator ---------------------------------------------------
 
 
 class Watchers:
+    """`count` event streams on one grpc.aio channel, read by coroutines on an event
+    loop in a thread of this process, all from GetNodeState's resume token."""
+
     def __init__(self, address: str, certs: Path, count: int) -> None:
-        from agentd.sdk.node import tls_channel
+        self.received: list[list[tuple[int, str]]] = [[] for _ in range(count)]
+        self.calls: list[Any] = []
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._watch(address, certs),), daemon=True
+        )
+        self.thread.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the watchers did not start")
+
+    async def _watch(self, address: str, certs: Path) -> None:
         from agentd.v1 import node_pb2 as pb
         from agentd.v1 import node_pb2_grpc
 
-        self.received: list[list[tuple[int, str]]] = [[] for _ in range(count)]
-        self.streams: list[Any] = []
-        self.threads: list[threading.Thread] = []
-        channel = tls_channel(
-            address, certs / "ca.pem", certs / "client-watch.pem", certs / "client-watch.key"
-        )
+        channel = aio_channel(address, str(certs), "watch")
         stub = node_pb2_grpc.NodeServiceStub(channel)
-        token = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=10).resume_token
-        for out in self.received:
-            stream = stub.WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=token))
-            self.streams.append(stream)
-            thread = threading.Thread(target=self._read, args=(stream, out), daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        token = (await stub.GetNodeState(pb.GetNodeStateRequest(), timeout=10)).resume_token
+        request = pb.WatchNodeEventsRequest(resume_token=token)
+        self.calls = [stub.WatchNodeEvents(request) for _ in self.received]
+        self._ready.set()
+        await asyncio.gather(
+            *(self._read(call, out) for call, out in zip(self.calls, self.received, strict=True))
+        )
+        await channel.close()
 
     @staticmethod
-    def _read(stream: Any, out: list[tuple[int, str]]) -> None:
-        with contextlib.suppress(Exception):  # cancelled at the end
-            for response in stream:
+    async def _read(call: Any, out: list[tuple[int, str]]) -> None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # cancelled at the end
+            async for response in call:
                 out.append((response.event.kind, response.event.session_id))
 
     def stop(self) -> None:
-        for stream in self.streams:
-            stream.cancel()
+        for call in self.calls:
+            self.loop.call_soon_threadsafe(call.cancel)
+        self.thread.join(timeout=30)
 
 
 def generate_events(socket: str, stop: threading.Event, generated: list[tuple[int, str]]) -> None:
@@ -178,25 +214,39 @@ def generate_events(socket: str, stop: threading.Event, generated: list[tuple[in
 # ---- main -------------------------------------------------------------------------------
 
 
-def run_workload(
-    pool: Any, address: str, certs: Path, workload: str, args: argparse.Namespace
-) -> dict[str, float]:
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of `pid` (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_workload(pool: Any, node: Any, workload: str, args: argparse.Namespace) -> dict[str, float]:
     start_at = time.time() + 2.0  # every process connected and waiting (busy host)
     jobs = [
         pool.apply_async(
             client_process,
-            (address, str(certs), workload, args.threads, start_at, args.seconds),
+            (node.address, str(node.certs), workload, args.concurrency, start_at, args.seconds),
         )
         for _ in range(args.procs)
     ]
+    # The daemon's CPU over the same window: what a call costs the server, whatever
+    # share of the cores the other tenants of this machine leave it.
+    daemon = node.daemon.process.pid
+    time.sleep(max(start_at - time.time(), 0))
+    server_began = process_cpu_seconds(daemon)
+    time.sleep(max(start_at + args.seconds - time.time(), 0))
+    server_cpu = process_cpu_seconds(daemon) - server_began
     results = [job.get(timeout=args.seconds + 60) for job in jobs]
-    latencies = [x for lat, _ in results for x in lat]
-    errors = sum(e for _, e in results)
+    latencies = [x for lat, _, _ in results for x in lat]
+    errors = sum(e for _, e, _ in results)
+    calls = max(len(latencies), 1)
     return {
         "rate": len(latencies) / args.seconds,
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "errors": errors,
+        "server_us": server_cpu / calls * 1e6,
+        "client_us": sum(cpu for _, _, cpu in results) / calls * 1e6,
     }
 
 
@@ -204,9 +254,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=3.0, help="per workload and run")
-    parser.add_argument("--procs", type=int, default=3, help="client processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per client process")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="calls in flight per client process"
+    )
     parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument(
+        "--workloads",
+        type=lambda text: text.split(","),
+        default=["score", "state", "health"],
+        help="comma-separated, of score,state,health (profiling one; the target needs all)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("api_load: needs root (the daemon creates cgroups)", file=sys.stderr)
@@ -233,24 +291,23 @@ def main() -> int:
         generator.start()
         print(
             f"{args.runs} runs x 3 workloads x {args.seconds:g} s; {args.procs} client "
-            f"processes x {args.threads} threads; {args.watchers} watchers; "
+            f"processes x {args.concurrency} calls in flight; {args.watchers} watchers; "
             f"{os.cpu_count()} CPUs; events generated meanwhile at ~20/s"
         )
         with context.Pool(args.procs) as pool:
             for run in range(1, args.runs + 1):
                 line = [f"run {run:2d}"]
                 # Rotate the order so that no workload always runs first.
-                order = ["score", "state", "health"]
-                order = order[run % 3 :] + order[: run % 3]
+                order = [w for w in ("score", "state", "health") if w in args.workloads]
+                order = order[run % len(order) :] + order[: run % len(order)]
                 for workload in order:
-                    results[workload].append(
-                        run_workload(pool, node.address, node.certs, workload, args)
-                    )
-                for workload in ("score", "state", "health"):
+                    results[workload].append(run_workload(pool, node, workload, args))
+                for workload in order:
                     r = results[workload][-1]
                     line.append(
                         f"{workload} {r['rate']:7.0f}/s p50 {r['p50']:5.2f} p99 "
-                        f"{r['p99']:6.2f} ms"
+                        f"{r['p99']:6.2f} ms cpu/call {r['server_us']:4.0f}+"
+                        f"{r['client_us']:.0f} us"
                         + (f" ({r['errors']:.0f} errors)" if r["errors"] else "")
                     )
                 loads.append(os.getloadavg())
@@ -263,17 +320,23 @@ def main() -> int:
         complete = sum(1 for got in watchers.received if got[: len(generated)] == generated)
         print()
         print("median [min-max] over runs:")
-        for workload in ("score", "state", "health"):
+        for workload in (w for w in ("score", "state", "health") if results[w]):
             rows = results[workload]
-            for key, unit in (("rate", "calls/s"), ("p50", "ms"), ("p99", "ms")):
+            for key, unit in (
+                ("rate", "calls/s"),
+                ("p50", "ms"),
+                ("p99", "ms"),
+                ("server_us", "us daemon CPU/call"),
+                ("client_us", "us client CPU/call"),
+            ):
                 values = [r[key] for r in rows]
                 print(
-                    f"  {workload:6s} {key:4s} {statistics.median(values):8.2f} "
+                    f"  {workload:6s} {key:9s} {statistics.median(values):8.2f} "
                     f"[{min(values):.2f}-{max(values):.2f}] {unit}"
                 )
         ratios = [
             s["rate"] / h["rate"] for s, h in zip(results["score"], results["health"], strict=True)
-        ]
+        ] or [0.0]
         print(
             f"  ScorePlacement throughput / health-check throughput: "
             f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
@@ -286,8 +349,8 @@ def main() -> int:
             f"  watchers: {complete}/{args.watchers} received all {len(generated)} "
             "generated events in order"
         )
-        rate = statistics.median(r["rate"] for r in results["score"])
-        p99 = statistics.median(r["p99"] for r in results["score"])
+        rate = statistics.median([r["rate"] for r in results["score"]] or [0.0])
+        p99 = statistics.median([r["p99"] for r in results["score"]] or [0.0])
         met = rate >= TARGET_CALLS_PER_SECOND and p99 < TARGET_P99_MS
         print(
             f"target (>= {TARGET_CALLS_PER_SECOND} ScorePlacement/s with p99 < "

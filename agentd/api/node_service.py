@@ -60,6 +60,22 @@ class WatchLimits:
     tcp: int = 128
 
 
+@dataclass
+class Watch:
+    """One event stream: who reads it, what it is limited to, and the number of the
+    last event it has been given (or skipped as not visible)."""
+
+    who: Principal
+    session_id: str
+    cursor: int
+    restarted: bool = False  # the token is of another daemon run: OVERFLOW first
+
+    def visible(self, event: Event) -> bool:
+        if self.session_id and event.session_id != self.session_id:
+            return False
+        return self.who.may_see(event.owner_uid)
+
+
 def _check_deadline(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -69,27 +85,16 @@ def _check_deadline(context: grpc.ServicerContext) -> None:
 def node_rpc(method: Callable[..., Response]) -> Callable[..., Response]:
     """Identify the caller, apply its rate limit, deadline and role, run the method,
     audit control actions, and turn every failure into a status (INTERNAL, logged,
-    for the unexpected: the daemon keeps serving)."""
-    name = method.__name__
+    for the unexpected: the daemon keeps serving). The undecorated method stays
+    reachable as `__wrapped__`: the asyncio server (node_service_aio.py) runs it
+    through the same `NodeService.serve`."""
 
     @functools.wraps(method)
     def wrapper(self: NodeService, request: Any, context: grpc.ServicerContext) -> Response:
-        principal: Principal | None = None
-        try:
-            principal = self.principal(context)
-            self.limiter.take(principal.key)
-            _check_deadline(context)
-            principal.check_allowed(name)
-            result = method(self, principal, request, context)
-        except AgentdError as e:
-            self._audit(name, principal, request, f"refused: {type(e).__name__}: {e.message}")
-            context.abort_with_status(to_status(e))
-        except Exception as e:
-            log.exception("rpc.failed", method=name)
-            self._audit(name, principal, request, "failed")
-            context.abort_with_status(internal(f"{type(e).__name__}: {e}"))
-        self._audit(name, principal, request, "ok", result=result)
-        return result
+        result, status = self.serve(method, request, context)
+        if status is not None:
+            context.abort_with_status(status)
+        return result  # type: ignore[return-value]
 
     return wrapper
 
@@ -126,6 +131,31 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._watch_lock = threading.Lock()
         self._watches: dict[str, int] = {}  # principal key -> open streams
         self._watches_by_transport: dict[str, int] = {"unix": 0, "tcp": 0}
+
+    def serve(
+        self, method: Callable[..., Response], request: Any, context: Any
+    ) -> tuple[Response | None, grpc.Status | None]:
+        """One call of `method` (undecorated) for whoever `context` says is calling:
+        its response, or the status to abort with. Shared by both servers; `context`
+        is a grpc or grpc.aio ServicerContext (peer, auth_context, metadata and
+        time_remaining are all this reads)."""
+        name = method.__name__
+        principal: Principal | None = None
+        try:
+            principal = self.principal(context)
+            self.limiter.take(principal.key)
+            _check_deadline(context)
+            principal.check_allowed(name)
+            result = method(self, principal, request, context)
+        except AgentdError as e:
+            self._audit(name, principal, request, f"refused: {type(e).__name__}: {e.message}")
+            return None, to_status(e)
+        except Exception as e:
+            log.exception("rpc.failed", method=name)
+            self._audit(name, principal, request, "failed")
+            return None, internal(f"{type(e).__name__}: {e}")
+        self._audit(name, principal, request, "ok", result=result)
+        return result, None
 
     def principal(self, context: grpc.ServicerContext) -> Principal:
         return self.auth.principal(
@@ -178,10 +208,12 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         room = self._room(self.reservations.live())
         stall = self._stall_percent()
         response = pb.ScorePlacementResponse()
+        predictions = self._predict_all([(intent, budget) for _, intent, budget in parsed])
+        _check_deadline(context)
         for i, (candidate_id, intent, budget) in enumerate(parsed):
             if i % 16 == 15:
                 _check_deadline(context)
-            prediction = self._predict(intent, budget)
+            prediction = predictions[i]
             result = score(Demand.of(intent, budget), room, self.capacity, stall, prediction)
             entry = response.scores.add(
                 candidate_id=candidate_id,
@@ -289,60 +321,71 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         """Every event numbered after the resume token (or from now on), in order; an
         OVERFLOW first when some of them are no longer kept."""
         try:
-            who = self.principal(context)
-            self.limiter.take(who.key)
-            who.check_allowed("WatchNodeEvents")
-            session_id = request.session_id
-            if session_id:
-                self.manager.get_session(who.caller, session_id)  # exists, and visible
-            bus = self.manager.bus
-            point = parse_token(request.resume_token)
-            cursor = bus.last_seq
-            other_boot = point is not None and point.boot_id != bus.boot_id
-            if point is not None and not other_boot:
-                if point.seq > bus.last_seq:
-                    raise InvalidArgumentError(
-                        "resume_token", "is ahead of this daemon's events (a forged token?)"
-                    )
-                cursor = point.seq
-            elif other_boot:
-                cursor = 0
-            self._count_watch(who, +1)
+            watch = self.open_watch(request, context)
         except AgentdError as e:
             context.abort_with_status(to_status(e))
-
-        def visible(event: Event) -> bool:
-            if session_id and event.session_id != session_id:
-                return False
-            return who.may_see(event.owner_uid)
-
         try:
-            if other_boot:
-                # Whatever followed the token in the previous run is unknown: say so once
-                # (with what this run no longer keeps), then replay what it does keep.
-                _, lost = bus.read_after(0, timeout=0, limit=1)
-                restarted = overflow(
-                    bus.boot_id, lost, lost, "the daemon restarted since the token"
-                )
-                yield pb.WatchNodeEventsResponse(event=restarted)
-                cursor = lost
             while context.is_active() and not self.stopping.is_set():
-                events, lost = bus.read_after(cursor, timeout=0.5)
-                if lost:
-                    cursor += lost
-                    gone = overflow(
-                        bus.boot_id, cursor, lost, "the token is older than the event buffer"
-                    )
-                    yield pb.WatchNodeEventsResponse(event=gone)
-                for event in events:
-                    cursor = event.seq
-                    if not visible(event):
-                        continue
-                    msg = to_node_event(event, bus.boot_id, self._tool_call_pb)
-                    if msg is not None:
-                        yield pb.WatchNodeEventsResponse(event=msg)
+                yield from self.watch_batch(watch, timeout=0.5)
         finally:
-            self._count_watch(who, -1)
+            self.close_watch(watch)
+
+    def open_watch(self, request: pb.WatchNodeEventsRequest, context: Any) -> Watch:
+        """Check the caller and the resume token and count the stream; raises
+        AgentdError. Every opened watch is closed with `close_watch`."""
+        who = self.principal(context)
+        self.limiter.take(who.key)
+        who.check_allowed("WatchNodeEvents")
+        session_id = request.session_id
+        if session_id:
+            self.manager.get_session(who.caller, session_id)  # exists, and visible
+        bus = self.manager.bus
+        point = parse_token(request.resume_token)
+        cursor = bus.last_seq
+        other_boot = point is not None and point.boot_id != bus.boot_id
+        if point is not None and not other_boot:
+            if point.seq > bus.last_seq:
+                raise InvalidArgumentError(
+                    "resume_token", "is ahead of this daemon's events (a forged token?)"
+                )
+            cursor = point.seq
+        elif other_boot:
+            cursor = 0
+        self._count_watch(who, +1)
+        return Watch(who, session_id, cursor, restarted=other_boot)
+
+    def close_watch(self, watch: Watch) -> None:
+        self._count_watch(watch.who, -1)
+
+    def watch_batch(self, watch: Watch, timeout: float) -> list[pb.WatchNodeEventsResponse]:
+        """What the stream sends next: the events after its cursor it may see (waiting
+        up to `timeout` for one to be published), after an OVERFLOW for any it can no
+        longer get. Advances the cursor."""
+        bus = self.manager.bus
+        out: list[pb.WatchNodeEventsResponse] = []
+        if watch.restarted:
+            # Whatever followed the token in the previous run is unknown: say so once
+            # (with what this run no longer keeps), then replay what it does keep.
+            watch.restarted = False
+            _, lost = bus.read_after(0, timeout=0, limit=1)
+            restarted = overflow(bus.boot_id, lost, lost, "the daemon restarted since the token")
+            out.append(pb.WatchNodeEventsResponse(event=restarted))
+            watch.cursor = lost
+        events, lost = bus.read_after(watch.cursor, timeout=timeout)
+        if lost:
+            watch.cursor += lost
+            gone = overflow(
+                bus.boot_id, watch.cursor, lost, "the token is older than the event buffer"
+            )
+            out.append(pb.WatchNodeEventsResponse(event=gone))
+        for event in events:
+            watch.cursor = event.seq
+            if not watch.visible(event):
+                continue
+            msg = to_node_event(event, bus.boot_id, self._tool_call_pb)
+            if msg is not None:
+                out.append(pb.WatchNodeEventsResponse(event=msg))
+        return out
 
     def _count_watch(self, who: Principal, delta: int) -> None:
         """A stream holds a server thread for its whole life: bounded per transport
@@ -385,15 +428,21 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         pressure = self.sampler.latest.pressure
         return max((pressure[r].some_avg10 for r in ("cpu", "memory") if r in pressure), default=0)
 
-    def _predict(self, intent: Any, budget: Resources | None) -> Any:
-        if self.predictor is None:
-            return None
+    def _predict_all(self, items: list[tuple[Any, Resources | None]]) -> list[Any]:
+        """One prediction (or None) per (intent, budget): in one model call when the
+        predictor takes a batch (PlacementPredictor.predict_many: one feature matrix,
+        one window), else one call each."""
+        if self.predictor is None or not items:
+            return [None] * len(items)
         try:
-            return self.predictor(intent, budget)
+            batch = getattr(self.predictor, "predict_many", None)
+            if batch is not None:
+                return list(batch(items))
+            return [self.predictor(intent, budget) for intent, budget in items]
         except Exception:
-            # A failing model must not fail placement: the score goes without it.
+            # A failing model must not fail placement: the scores go without it.
             log.exception("predictor.failed")
-            return None
+            return [None] * len(items)
 
     def _session_view(self, s: Session, with_tool_calls: bool, who: Principal) -> pb.SessionView:
         target = Target(s.id)

@@ -1,22 +1,35 @@
-"""The TCP listener: NodeService and health over mutual TLS.
+"""The TCP listener: NodeService and health over mutual TLS, on a grpc.aio server.
 
-Same service objects as the unix socket (server.py); only the transport and the
-identity differ: grpc verifies the client certificate against the configured CA
-during the handshake (require_client_auth), so a client without one, or with one
-from another CA, never reaches a method. Roles come from the certificate (auth.py).
+Same NodeService object as the unix socket (server.py); only the transport, the
+identity and the server model differ. grpc verifies the client certificate against
+the configured CA during the handshake (require_client_auth), so a client without
+one, or with one from another CA, never reaches a method. Roles come from the
+certificate (auth.py).
+
+Why asyncio here (docs/node-api.md has the figures): schedulers call ScorePlacement
+thousands of times a second and hold an event stream per client. grpcio's
+thread-pool server hands every call from its polling thread to a worker thread and
+back, and holds a thread per stream; on two cores that, not the handler, bounded it
+(~600 scores/s, p99 ~90 ms). The aio server runs the cheap calls on its event loop and
+the streams as coroutines, in one thread of its own; the rest of the daemon stays
+threaded (node_service_aio.py says which calls go to a small pool).
 """
 
 from __future__ import annotations
 
-from concurrent import futures
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentd.api.node_service import NodeService
-from agentd.observability.interceptor import ApiMetricsInterceptor
+from agentd.api.node_service_aio import AioNodeService
+from agentd.observability.interceptor import AioApiMetricsInterceptor
 from agentd.v1 import node_pb2, node_pb2_grpc
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
@@ -25,8 +38,49 @@ NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_nam
 #: (RESOURCE_EXHAUSTED) before it is parsed.
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-#: Threads for unary calls, on top of one per allowed event stream.
-UNARY_WORKERS = 16
+#: Threads for the calls that leave the event loop (cgroupfs writes, audit, fresh
+#: state).
+OFFLOAD_WORKERS = 8
+WATCH_POLL_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 30.0
+
+
+class _CodeOnly:
+    """Enough of a ServicerContext for HealthServicer.Check outside a call."""
+
+    code: grpc.StatusCode | None = None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+
+class AioHealth(health_pb2_grpc.HealthServicer):
+    """The daemon's HealthServicer (the unix server's, whose statuses the daemon sets)
+    on the aio server: Check answers on the loop (a dict lookup under a lock); Watch
+    looks every WATCH_POLL_SECONDS and sends each change (grpc_health's own Watch
+    blocks a thread per stream)."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self.servicer = servicer
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return self.servicer.Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            probe = _CodeOnly()
+            status = self.servicer.Check(request, probe).status
+            if probe.code is grpc.StatusCode.NOT_FOUND:
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            await asyncio.sleep(WATCH_POLL_SECONDS)
 
 
 class TcpServer:
@@ -40,34 +94,82 @@ class TcpServer:
         health_servicer: health.HealthServicer,
         max_watchers: int,
     ) -> None:
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=UNARY_WORKERS + max_watchers, thread_name_prefix="agentd-tcp"
-            ),
+        self.address = address
+        self.service = service
+        self.health = health_servicer
+        # Streams are coroutines now: max_watchers no longer sizes a thread pool; it
+        # still bounds the streams (NodeService's watch limits).
+        self.max_watchers = max_watchers
+        self.credentials = grpc.ssl_server_credentials(
+            [(key.read_bytes(), cert.read_bytes())],
+            root_certificates=client_ca.read_bytes(),
+            require_client_auth=True,
+        )
+        self.executor = ThreadPoolExecutor(OFFLOAD_WORKERS, thread_name_prefix="agentd-tcp")
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: grpc.aio.Server | None = None
+        self._aio_service = AioNodeService(service, self.executor)
+        self._thread = threading.Thread(target=self._run, name="agentd-tcp-loop", daemon=True)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Listen and serve; raises OSError when the address cannot be used."""
+        self._thread.start()
+        if not self._started.wait(START_TIMEOUT_SECONDS):
+            raise RuntimeError(f"the TCP listener on {self.address} did not start")
+        if self._start_error is not None:
+            self._thread.join()
+            raise self._start_error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as e:  # reported by start()
+            self._start_error = e
+            self._started.set()
+        finally:
+            self._loop.close()
+
+    def _build(self) -> grpc.aio.Server:
+        server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=[ApiMetricsInterceptor("tcp")],
+            interceptors=[AioApiMetricsInterceptor("tcp")],
         )
-        node_pb2_grpc.add_NodeServiceServicer_to_server(service, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self._aio_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(AioHealth(self.health), server)
         reflection.enable_server_reflection(
-            (NODE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (NODE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        credentials = grpc.ssl_server_credentials(
-            [(key.read_bytes(), cert.read_bytes())],
-            root_certificates=client_ca.read_bytes(),
-            require_client_auth=True,
-        )
-        self.port = self.server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
-        self.address = address
+        return server
 
-    def start(self) -> None:
-        self.server.start()
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = self._server = self._build()
+        self.port = server.add_secure_port(self.address, self.credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        self._aio_service.start()
+        await server.start()
+        self._started.set()
+        await self._stop.wait()
+
+    async def _shutdown(self, grace: float) -> None:
+        assert self._server is not None
+        await self._server.stop(grace)
+        self._aio_service.close()
+        self._stop.set()
 
     def stop(self, grace: float = 5.0) -> None:
-        self.server.stop(grace).wait()
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop)
+        future.result(timeout=grace + 10)
+        self._thread.join(timeout=10)
+        self.executor.shutdown(wait=False, cancel_futures=True)

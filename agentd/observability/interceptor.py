@@ -8,8 +8,9 @@ counted), the code one of grpc's 17, the transport a name chosen in code.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -115,6 +116,77 @@ class ApiMetricsInterceptor(grpc.ServerInterceptor):
             finally:
                 gauge.dec()
                 code = "CANCELLED" if cancelled else _code_name(context, failed)
+                API_STREAMS.labels(self.transport, method, code).inc()
+
+        return streamed
+
+
+def _aio_code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    # The aio context reports the code as grpc's StatusCode, or as the core's integer
+    # (an abort): both name the same 17 codes.
+    code = context.code()
+    if isinstance(code, int) and not isinstance(code, bool):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), None)
+    if code is None or code == grpc.StatusCode.OK:
+        return "UNKNOWN" if failed else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class AioApiMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """ApiMetricsInterceptor for a grpc.aio server (same metrics, same labels): its
+    handlers are coroutines and async generators."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._timed(method, handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._streamed(method, handler.unary_stream))
+        return handler  # NodeService and health have no client-streaming methods
+
+    def _observe(self, method: str, context: Any, failed: bool, started: float) -> None:
+        code = _aio_code_name(context, failed)
+        API_LATENCY.labels(self.transport, method, code).observe(time.perf_counter() - started)
+
+    def _timed(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                response = await behavior(request, context)
+            except BaseException:  # an abort is an exception here: timed with its code
+                self._observe(method, context, True, started)
+                raise
+            self._observe(method, context, False, started)
+            return response
+
+        return timed
+
+    def _streamed(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            API_STREAMS_OPEN.labels(self.transport, method).inc()
+            code = "UNKNOWN"
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                code = _aio_code_name(context, False)
+            except (GeneratorExit, asyncio.CancelledError):
+                code = "CANCELLED"  # the client went away (or the server stops)
+                raise
+            except BaseException:
+                code = _aio_code_name(context, True)
+                raise
+            finally:
+                API_STREAMS_OPEN.labels(self.transport, method).dec()
                 API_STREAMS.labels(self.transport, method, code).inc()
 
         return streamed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from agentd import scoring
 from agentd.metrics.window import NodeWindow
@@ -48,3 +48,14 @@ class PlacementPredictor:
     def __call__(self, intent: Intent, budget: Resources | None) -> scoring.Prediction:
         p = self._predictor.predict([candidate_of(intent, budget)], self.window())[0]
         return scoring.Prediction(p.predicted_slowdown, p.low, p.high, p.model)
+
+    def predict_many(
+        self, items: Sequence[tuple[Intent, Resources | None]]
+    ) -> list[scoring.Prediction]:
+        """`self(intent, budget)` for each item, in one model call (one feature matrix
+        and one window): what ScorePlacement uses for its candidates."""
+        candidates = [candidate_of(intent, budget) for intent, budget in items]
+        return [
+            scoring.Prediction(p.predicted_slowdown, p.low, p.high, p.model)
+            for p in self._predictor.predict(candidates, self.window())
+        ]

@@ -109,3 +109,28 @@ def test_pod_templates_carry_their_selector_labels(name: str) -> None:
     obj = find(kind, name)
     labels = obj["spec"]["template"]["metadata"]["labels"]
     assert obj["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# The Kubernetes version the manifests are checked against: kubernetes-validate
+# bundles the OpenAPI schemas of each release (no cluster, no network).
+SCHEMA_VERSION = "1.30.0"
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_manifest_is_valid_against_the_kubernetes_api_schema(path: Path) -> None:
+    from kubernetes_validate import utils as kubernetes_validate
+
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        # strict: a misspelt or misplaced field fails too, not only a wrong type.
+        kubernetes_validate.validate(doc, SCHEMA_VERSION, strict=True)
+
+
+def test_the_schema_check_refuses_a_misplaced_field() -> None:
+    from kubernetes_validate import utils as kubernetes_validate
+
+    ds = find("DaemonSet", "agentd")
+    ds["spec"]["template"]["spec"]["hostPid"] = True  # the real field is hostPID
+    with pytest.raises(kubernetes_validate.ValidationError, match="hostPid"):
+        kubernetes_validate.validate(ds, SCHEMA_VERSION, strict=True)

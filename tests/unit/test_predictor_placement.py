@@ -39,3 +39,23 @@ def test_one_window_serves_a_burst_of_candidates(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert predictions[0].model == "fallback:psi-linear"
     assert predictions[0].slowdown == 1.3
+
+
+def test_a_batch_is_one_model_call_with_the_same_predictions(tmp_path: Path) -> None:
+    class Counting(Predictor):
+        calls: list[int] = []
+
+        def predict(self, candidates, window):  # type: ignore[no-untyped-def]
+            self.calls.append(len(candidates))
+            return super().predict(candidates, window)
+
+    predictor = Counting(None, "fallback for the test")
+    placement = PlacementPredictor(predictor, lambda: NodeWindow(psi_cpu_some=0.2))
+    items = [
+        (Intent(resources=Resources(memory_max=(i + 1) << 28), label="gcc"), None)
+        for i in range(10)
+    ] + [(Intent(label="pytest"), Resources(memory_max=1 << 30))]
+    batch = placement.predict_many(items)
+    assert predictor.calls == [len(items)]
+    assert batch == [placement(intent, budget) for intent, budget in items]
+    assert placement.predict_many([]) == []

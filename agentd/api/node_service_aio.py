@@ -1,0 +1,142 @@
+"""NodeService for the grpc.aio server (the TCP listener, tcp_server.py).
+
+The same NodeService object answers; this adapter only decides where each call runs:
+- reads that touch nothing slow (ScorePlacement: the periodic sample, the session
+  table, the predictor) run inline on the event loop: no thread hand-off, which is
+  most of what a call costs in the thread-pool server;
+- calls that write cgroupfs, take the control locks or write the audit log
+  (Throttle, Freeze, Resume, Evict, Admit, ReleaseReservation) and GetNodeState
+  (fresh cgroupfs reads per session) run in a small thread pool, so a slow cgroupfs
+  never stalls the loop and its other callers;
+- event streams are coroutines, not a thread each: they sleep on an asyncio.Event
+  that the bus sets (through call_soon_threadsafe) when something is published, and
+  then read the bus's ring without waiting.
+
+Identification, rate limits, roles, deadlines, audit and error statuses are
+NodeService.serve's, shared with the unix-socket (thread-pool) server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from agentd.api.node_service import NodeService
+from agentd.api.status import to_status
+from agentd.errors import AgentdError
+from agentd.events import Event, EventBus
+from agentd.v1 import node_pb2 as pb
+from agentd.v1 import node_pb2_grpc
+
+#: Methods answered on the event loop: no file I/O, no lock held for long.
+INLINE = frozenset({"ScorePlacement"})
+#: How often an idle stream looks at whether the daemon is stopping.
+IDLE_CHECK_SECONDS = 0.5
+
+
+class BusWakeup:
+    """Tells the event loop's streams that the bus has new events. Publishers run in
+    daemon threads: each publish schedules at most one wake-up on the loop (coalesced
+    while one is pending), which sets the current asyncio.Event and starts a new one.
+    A stream takes `current` before it reads the bus, so an event published after
+    its read always wakes it."""
+
+    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.current = asyncio.Event()
+        self._pending = False
+        # A subscription that accepts nothing: its filter is the publish hook.
+        self._subscription = bus.subscribe(self._on_publish, maxsize=1)
+
+    def _on_publish(self, event: Event) -> bool:
+        if not self._pending:
+            self._pending = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: stopping
+                self._loop.call_soon_threadsafe(self._wake)
+        return False
+
+    def _wake(self) -> None:
+        self._pending = False
+        woken, self.current = self.current, asyncio.Event()
+        woken.set()
+
+    def close(self) -> None:
+        self._subscription.close()
+
+
+async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _unary(name: str) -> Callable[..., Any]:
+    """The aio handler for NodeService's unary method `name`."""
+    method = getattr(NodeService, name).__wrapped__
+    inline = name in INLINE
+
+    async def handler(self: AioNodeService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if inline:
+            result, status = self.service.serve(method, request, context)
+        else:
+            call = functools.partial(self.service.serve, method, request, context)
+            result, status = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        if status is not None:
+            await _abort(context, status)
+        return result
+
+    handler.__name__ = name
+    return handler
+
+
+class AioNodeService(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, service: NodeService, executor: ThreadPoolExecutor) -> None:
+        self.service = service
+        self.executor = executor
+        self.wakeup: BusWakeup | None = None  # made on the loop (start)
+
+    def start(self) -> None:
+        """On the event loop, before serving."""
+        self.wakeup = BusWakeup(self.service.manager.bus, asyncio.get_running_loop())
+
+    def close(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.close()
+
+    GetNodeState = _unary("GetNodeState")
+    ScorePlacement = _unary("ScorePlacement")
+    Admit = _unary("Admit")
+    ReleaseReservation = _unary("ReleaseReservation")
+    Throttle = _unary("Throttle")
+    Freeze = _unary("Freeze")
+    Resume = _unary("Resume")
+    Evict = _unary("Evict")
+
+    async def WatchNodeEvents(
+        self, request: pb.WatchNodeEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchNodeEventsResponse]:
+        """As NodeService.WatchNodeEvents, as a coroutine: a cancelled call (the client
+        went away) ends it at its next await."""
+        service = self.service
+        assert self.wakeup is not None, "start() was not called on the loop"
+        try:
+            # A session lookup and a token check: cheap, no I/O.
+            watch = service.open_watch(request, context)
+        except AgentdError as e:
+            await _abort(context, to_status(e))
+            return
+        try:
+            while not service.stopping.is_set():
+                published = self.wakeup.current
+                batch = service.watch_batch(watch, timeout=0)
+                for response in batch:
+                    yield response
+                if not batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(published.wait(), IDLE_CHECK_SECONDS)
+        finally:
+            service.close_watch(watch)

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A 10-candidate ScorePlacement over gRPC (loopback TCP, mutual TLS) with a trained
+model: the latency a scheduler sees (issue 6's target: p99 < 5 ms).
+
+Trains the default model on the recorded dataset (tests/data/interference.jsonl, as
+bench/predict_latency.py does) and starts two daemons: one serving with that model,
+one without a model file (the PSI fallback rule: the same call path, no model: the
+baseline). One call at a time, alternating between the two, --calls per round;
+prints p50/p99 per round, then the median and min-max of the p99s over --rounds,
+and the load average. Each candidate has another label (command class), so the
+model's per-class profiles are all used.
+
+Needs root (the daemons create cgroups):
+
+    cd /tmp && sudo python /path/to/agentd/bench/score_latency.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+DATASET = Path(__file__).resolve().parent.parent / "tests" / "data" / "interference.jsonl"
+TARGET_P99_MS = 5.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=300, help="per daemon and round")
+    parser.add_argument("--candidates", type=int, default=10)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("score_latency: needs root (the daemons create cgroups)", file=sys.stderr)
+        return 2
+
+    from node_api_support import node_daemon
+
+    from agentd.metrics.dataset import SoloRule, load_jsonl
+    from agentd.predictor.train import DEFAULT_MODEL, train
+    from agentd.v1 import agent_pb2 as apb
+    from agentd.v1 import node_pb2 as pb
+
+    workdir = Path(tempfile.mkdtemp(prefix="agentd-bench-score-"))
+    with open(DATASET) as f:
+        records = load_jsonl(f)
+    model_path = workdir / "predictor.model"
+    train(records, SoloRule(2.0), DEFAULT_MODEL).save(model_path)
+    labels = sorted({r.label for r in records})
+    request = pb.ScorePlacementRequest(
+        candidates=[
+            pb.Candidate(
+                id=f"c{i}",
+                intent=apb.Intent(
+                    label=labels[i % len(labels)],
+                    resources=apb.Resources(memory_max=f"{(i + 1) * 256}M", cpu="1"),
+                ),
+            )
+            for i in range(args.candidates)
+        ]
+    )
+    nodes = {
+        "model": node_daemon(
+            workdir / "model", api="rate_limit = 0", tables=f'[predictor]\nmodel = "{model_path}"'
+        ),
+        "fallback": node_daemon(workdir / "fallback", api="rate_limit = 0"),
+    }
+    try:
+        stubs = {name: node.stub() for name, node in nodes.items()}
+        for name, stub in stubs.items():  # connect, and check which model answers
+            scores = stub.ScorePlacement(request, timeout=10).scores
+            assert len(scores) == args.candidates
+            used = scores[0].prediction.model
+            assert used.startswith("fallback") == (name == "fallback"), (name, used)
+            print(f"{name}: {used}")
+            for _ in range(100):  # warm-up
+                stub.ScorePlacement(request, timeout=10)
+        print(f"{args.candidates} candidates, {args.calls} calls per daemon and round")
+        p99s: dict[str, list[float]] = {name: [] for name in stubs}
+        for r in range(1, args.rounds + 1):
+            times: dict[str, list[float]] = {name: [] for name in stubs}
+            for _ in range(args.calls):
+                for name, stub in stubs.items():
+                    began = time.perf_counter()
+                    stub.ScorePlacement(request, timeout=10)
+                    times[name].append((time.perf_counter() - began) * 1000)
+            parts = []
+            for name, values in times.items():
+                p99s[name].append(pct(values, 99))
+                parts.append(f"{name} p50 {pct(values, 50):.2f} p99 {pct(values, 99):.2f} ms")
+            print(f"round {r}: " + " | ".join(parts) + f" | load {os.getloadavg()[0]:.1f}")
+        for name, values in p99s.items():
+            print(
+                f"{name}: p99 median {statistics.median(values):.2f} ms "
+                f"[{min(values):.2f}-{max(values):.2f}] over {args.rounds} rounds"
+            )
+        model_p99 = statistics.median(p99s["model"])
+        print(
+            f"target (p99 < {TARGET_P99_MS:g} ms for {args.candidates} candidates with the "
+            f"model): {'met' if model_p99 < TARGET_P99_MS else 'NOT met'}; "
+            f"model / fallback p99: {model_p99 / statistics.median(p99s['fallback']):.2f}"
+        )
+    finally:
+        for node in nodes.values():
+            leftovers = node.daemon.cleanup()
+            if leftovers:
+                print(f"score_latency: groups left behind: {leftovers}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
