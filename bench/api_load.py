@@ -220,7 +220,17 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_workload(pool: Any, node: Any, workload: str, args: argparse.Namespace) -> dict[str, float]:
+def background_cores(pid: int, seconds: float = 2.0) -> float:
+    """The daemon's CPU use with no calls (the watchers' fan-out and the session
+    churn), in cores: subtracted from its CPU during a workload to get a call's own."""
+    began = process_cpu_seconds(pid)
+    time.sleep(seconds)
+    return (process_cpu_seconds(pid) - began) / seconds
+
+
+def run_workload(
+    pool: Any, node: Any, workload: str, args: argparse.Namespace, background: float
+) -> dict[str, float]:
     start_at = time.time() + 2.0  # every process connected and waiting (busy host)
     jobs = [
         pool.apply_async(
@@ -245,7 +255,7 @@ def run_workload(pool: Any, node: Any, workload: str, args: argparse.Namespace) 
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "errors": errors,
-        "server_us": server_cpu / calls * 1e6,
+        "server_us": max(server_cpu - background * args.seconds, 0.0) / calls * 1e6,
         "client_us": sum(cpu for _, _, cpu in results) / calls * 1e6,
     }
 
@@ -281,6 +291,7 @@ def main() -> int:
     context = multiprocessing.get_context("spawn")
     results: dict[str, list[dict[str, float]]] = {"score": [], "state": [], "health": []}
     loads: list[tuple[float, float, float]] = []
+    background: list[float] = []  # daemon cores used with no calls, per run
     try:
         watchers = Watchers(node.address, node.certs, args.watchers)
         stop = threading.Event()
@@ -298,10 +309,13 @@ def main() -> int:
             for run in range(1, args.runs + 1):
                 line = [f"run {run:2d}"]
                 # Rotate the order so that no workload always runs first.
+                background.append(background_cores(node.daemon.process.pid))
                 order = [w for w in ("score", "state", "health") if w in args.workloads]
                 order = order[run % len(order) :] + order[: run % len(order)]
                 for workload in order:
-                    results[workload].append(run_workload(pool, node, workload, args))
+                    results[workload].append(
+                        run_workload(pool, node, workload, args, background[-1])
+                    )
                 for workload in order:
                     r = results[workload][-1]
                     line.append(
@@ -311,7 +325,7 @@ def main() -> int:
                         + (f" ({r['errors']:.0f} errors)" if r["errors"] else "")
                     )
                 loads.append(os.getloadavg())
-                line.append(f"load {loads[-1][0]:.1f}")
+                line.append(f"idle daemon {background[-1]:.2f} cores | load {loads[-1][0]:.1f}")
                 print(" | ".join(line), flush=True)
         stop.set()
         generator.join()
@@ -340,6 +354,11 @@ def main() -> int:
         print(
             f"  ScorePlacement throughput / health-check throughput: "
             f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+        )
+        print(
+            f"  daemon CPU with no calls (watchers, session churn): "
+            f"{statistics.median(background):.2f} cores [{min(background):.2f}-"
+            f"{max(background):.2f}] (subtracted from the daemon CPU per call)"
         )
         print(
             f"  load average 1 min over runs: {min(load[0] for load in loads):.1f}-"

@@ -80,7 +80,6 @@ class NodeApi:
             api.tls_client_ca,
             self.service,
             health_servicer,
-            api.max_watchers,
         )
         self.tcp.start()
         log.info("api.tcp_listening", address=api.tcp_listen, port=self.tcp.port)

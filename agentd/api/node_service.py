@@ -45,9 +45,13 @@ MAX_CANDIDATES = 256
 MAX_ID_LENGTH = 256
 DEFAULT_TTL_SECONDS = 30.0
 MAX_TTL_SECONDS = 600.0
-#: Event streams per local agent uid and per transport (each holds a server thread).
+#: Event streams per local agent uid and per transport (on the unix socket each holds a
+#: server thread; on TCP they are coroutines, bounded by [api] max_watchers).
 MAX_WATCHES_PER_AGENT = 4
 AUDITED = CONTROL_METHODS | ADMISSION_METHODS
+#: Stream messages kept for reuse by every stream (events numbered in order: the
+#: streams that keep up all read the last few).
+RESPONSE_CACHE = 1024
 # Node-wide sums (allocated, room) count every session, whoever asks.
 _ALL = Caller(uid=0, gid=0, pid=0)
 
@@ -131,6 +135,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._watch_lock = threading.Lock()
         self._watches: dict[str, int] = {}  # principal key -> open streams
         self._watches_by_transport: dict[str, int] = {"unix": 0, "tcp": 0}
+        self._responses_lock = threading.Lock()
+        self._responses: dict[int, pb.WatchNodeEventsResponse | None] = {}  # by seq
 
     def serve(
         self, method: Callable[..., Response], request: Any, context: Any
@@ -382,14 +388,30 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             watch.cursor = event.seq
             if not watch.visible(event):
                 continue
-            msg = to_node_event(event, bus.boot_id, self._tool_call_pb)
-            if msg is not None:
-                out.append(pb.WatchNodeEventsResponse(event=msg))
+            response = self._response_of(event)
+            if response is not None:
+                out.append(response)
         return out
 
+    def _response_of(self, event: Event) -> pb.WatchNodeEventsResponse | None:
+        """The stream message for `event`, built once for all streams (100 watchers
+        would otherwise build 100 identical messages per event); None for kinds
+        NodeService does not carry. Messages are never changed once built."""
+        with self._responses_lock:
+            if event.seq in self._responses:
+                return self._responses[event.seq]
+        msg = to_node_event(event, self.manager.bus.boot_id, self._tool_call_pb)
+        response = None if msg is None else pb.WatchNodeEventsResponse(event=msg)
+        with self._responses_lock:
+            self._responses[event.seq] = response
+            while len(self._responses) > RESPONSE_CACHE:
+                del self._responses[next(iter(self._responses))]  # the oldest
+        return response
+
     def _count_watch(self, who: Principal, delta: int) -> None:
-        """A stream holds a server thread for its whole life: bounded per transport
-        and per local agent, so that watchers never starve the unary calls."""
+        """Streams are bounded per transport and per local agent: on the unix socket
+        each holds a server thread for its whole life, and watchers must never starve
+        the unary calls; on TCP (coroutines) the bound caps memory and fan-out."""
         with self._watch_lock:
             if delta > 0:
                 limit = getattr(self.watch_limits, who.transport)

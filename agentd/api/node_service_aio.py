@@ -1,9 +1,9 @@
 """NodeService for the grpc.aio server (the TCP listener, tcp_server.py).
 
 The same NodeService object answers; this adapter only decides where each call runs:
-- reads that touch nothing slow (ScorePlacement: the periodic sample, the session
-  table, the predictor) run inline on the event loop: no thread hand-off, which is
-  most of what a call costs in the thread-pool server;
+- reads that touch nothing slow (ScorePlacement of up to INLINE_CANDIDATES: the
+  periodic sample, the session table, one model call) run inline on the event loop:
+  no thread hand-off, which is most of what a call costs in the thread-pool server;
 - calls that write cgroupfs, take the control locks or write the audit log
   (Throttle, Freeze, Resume, Evict, Admit, ReleaseReservation) and GetNodeState
   (fresh cgroupfs reads per session) run in a small thread pool, so a slow cgroupfs
@@ -34,8 +34,10 @@ from agentd.events import Event, EventBus
 from agentd.v1 import node_pb2 as pb
 from agentd.v1 import node_pb2_grpc
 
-#: Methods answered on the event loop: no file I/O, no lock held for long.
-INLINE = frozenset({"ScorePlacement"})
+#: ScorePlacement runs on the event loop (no file I/O, no lock held for long) up to
+#: this many candidates; a bigger one (up to 256) goes to the pool, so that one large
+#: model call does not hold up every other caller of the loop.
+INLINE_CANDIDATES = 32
 #: How often an idle stream looks at whether the daemon is stopping.
 IDLE_CHECK_SECONDS = 0.5
 
@@ -77,10 +79,10 @@ async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> None
 def _unary(name: str) -> Callable[..., Any]:
     """The aio handler for NodeService's unary method `name`."""
     method = getattr(NodeService, name).__wrapped__
-    inline = name in INLINE
+    scoring = name == "ScorePlacement"
 
     async def handler(self: AioNodeService, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if inline:
+        if scoring and len(request.candidates) <= INLINE_CANDIDATES:
             result, status = self.service.serve(method, request, context)
         else:
             call = functools.partial(self.service.serve, method, request, context)

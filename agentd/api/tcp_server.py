@@ -92,14 +92,10 @@ class TcpServer:
         client_ca: Path,
         service: NodeService,
         health_servicer: health.HealthServicer,
-        max_watchers: int,
     ) -> None:
         self.address = address
         self.service = service
         self.health = health_servicer
-        # Streams are coroutines now: max_watchers no longer sizes a thread pool; it
-        # still bounds the streams (NodeService's watch limits).
-        self.max_watchers = max_watchers
         self.credentials = grpc.ssl_server_credentials(
             [(key.read_bytes(), cert.read_bytes())],
             root_certificates=client_ca.read_bytes(),

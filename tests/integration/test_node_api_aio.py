@@ -132,3 +132,27 @@ def test_health_is_served_over_tls_on_the_asyncio_server(node):
     watch_unknown = health.Watch(health_pb2.HealthCheckRequest(service="no.Such"), timeout=TIMEOUT)
     assert next(watch_unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     watch_unknown.cancel()
+
+
+def test_refused_calls_are_timed_with_their_status_code(node):
+    observer = node.stub("grafana")
+    refused = pb.ThrottleRequest(target=pb.Target(session_id="nobody"), cpu_max="0.5")
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as denied:
+            observer.Throttle(refused, timeout=TIMEOUT)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as missing:
+        node.stub().Throttle(refused, timeout=TIMEOUT)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    node.stub().ScorePlacement(pb.ScorePlacementRequest(), timeout=TIMEOUT)
+
+    def count(method: str, code: str) -> float:
+        return _metric(
+            node,
+            f'agentd_api_request_duration_seconds_count{{code="{code}",'
+            f'method="/agentd.v1.NodeService/{method}",transport="tcp"}}',
+        )
+
+    assert count("Throttle", "PERMISSION_DENIED") == 3
+    assert count("Throttle", "NOT_FOUND") == 1
+    assert count("ScorePlacement", "OK") == 1
