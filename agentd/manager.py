@@ -597,8 +597,10 @@ class Manager:
     def make_spares(self) -> int:
         """Top up every open session's spare groups (called by a background thread).
 
-        The mkdirs run outside the lock; a spare is registered only if its session is
-        still the same open session, otherwise it is removed again.
+        Each mkdir runs under the lock, after checking that its session is still the
+        same open one: a spare made outside it could land in a session group that
+        close_session is removing, whose rmdir then fails with EBUSY. One spare at a
+        time (~0.3 ms), so a request waits for at most one mkdir.
         """
         made = 0
         with self._lock:
@@ -609,20 +611,17 @@ class Manager:
             ]
         for session_id, created_at, missing in wanted:
             for _ in range(max(missing, 0)):
-                tool_call_id = _new_tool_call_id()
-                rel = f"sessions/{session_id}/{tool_call_id}"
-                try:
-                    self.backend.create(rel, GroupLimits())
-                except CgroupError:
-                    break  # the session was closed meanwhile, or cgroupfs refuses
                 with self._lock:
                     session = self._sessions.get(session_id)
-                    if session is not None and session.created_at == created_at:
-                        self._spares.setdefault((session_id, created_at), []).append(tool_call_id)
-                        made += 1
-                        continue
-                with contextlib.suppress(CgroupError):
-                    self.backend.remove(rel)
+                    if session is None or session.created_at != created_at:
+                        break  # closed meanwhile
+                    tool_call_id = _new_tool_call_id()
+                    try:
+                        self.backend.create(f"{session.cgroup_rel}/{tool_call_id}", GroupLimits())
+                    except CgroupError:
+                        break  # cgroupfs refuses: the next call makes its group itself
+                    self._spares.setdefault((session_id, created_at), []).append(tool_call_id)
+                    made += 1
         return made
 
     def remove_pending(self) -> int:
