@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from agentd.cgroups.base import GroupLimits
-from agentd.cgroups.detect import choose_backend, detect_layout
-from agentd.manager import Caller, Manager, NodeLimits
+from agentd.manager import Caller, Manager
 from agentd.model import Resources
-from agentd.store import Store
 
 pytestmark = pytest.mark.root
 
@@ -29,24 +24,8 @@ GiB = 1 << 30
 
 
 @pytest.fixture
-def manager(cgroup_v1_required: None, tmp_path: Path) -> Iterator[Manager]:
-    backend = choose_backend(detect_layout(), "auto", f"agentd-test-{uuid.uuid4().hex[:8]}")
-    backend.ensure_root()
-    store = Store(tmp_path / "state")
-    node = NodeLimits(
-        allocatable_memory=4 * GiB,
-        cpus=2.0,
-        default_session=Resources(memory_max=GiB, cpu=2.0, pids_max=256),
-    )
-    mgr = Manager(backend, store, node)
-    try:
-        yield mgr
-    finally:
-        try:
-            backend.kill("")
-        finally:
-            backend.remove("")
-            store.close()
+def manager(real_manager: Manager) -> Manager:
+    return real_manager
 
 
 def test_a_spare_made_while_the_session_closes_never_blocks_its_removal(
