@@ -101,6 +101,14 @@ def _proc_status(pid: int) -> dict[str, str]:
         return {}
 
 
+def _runs_launcher(pid: int) -> bool:
+    """Whether `pid` is an agentd-exec that has not executed its command yet."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == LAUNCHER_NAME
+    except OSError:
+        return False
+
+
 class Manager:
     def __init__(
         self,
@@ -272,12 +280,15 @@ class Manager:
         return tool_call
 
     def _check_waiting_cap(self, session: Session) -> None:
-        waiting = sum(
-            1 for t in self._tool_calls.values() if t.session_id == session.id and t.waiting
-        )
-        if waiting >= MAX_WAITING_PER_SESSION:
+        waiting = [t for t in self._tool_calls.values() if t.session_id == session.id and t.waiting]
+        if len(waiting) >= MAX_WAITING_PER_SESSION:
+            # Only launchers still idle hold a place: back to back, the SDK keeps 2
+            # placed while the reports of the last tool calls (their launchers ran a
+            # command, maybe exited already) are still on their way.
+            waiting = [t for t in waiting if _runs_launcher(t.launcher_pid)]
+        if len(waiting) >= MAX_WAITING_PER_SESSION:
             raise ResourceExhaustedError(
-                f"session {session.id!r} already has {waiting} launchers placed ahead "
+                f"session {session.id!r} already has {len(waiting)} launchers placed ahead "
                 f"(the limit is {MAX_WAITING_PER_SESSION})"
             )
 
