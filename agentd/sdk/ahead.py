@@ -16,6 +16,7 @@ import collections
 import contextlib
 import errno
 import os
+import queue
 import shutil
 import socket
 import struct
@@ -127,15 +128,48 @@ class WaitingLauncher:
         return int.from_bytes(reply, "little", signed=True) if len(reply) == 4 else 0
 
     def abort(self) -> None:
-        """Never run anything: the launcher reads EOF and exits 127."""
+        """Never run anything: the launcher reads EOF and exits 127. Reaped in the
+        background: it may not exit for a while (its session frozen by agentd, which
+        kills it when the session closes), and the caller must not wait for that."""
         if self.usage_files is not None:
             self.usage_files.close()
             self.usage_files = None
         self.sock.close()
         if not self.reaped:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+            _reaper.reap(self.pid)
             self.reaped = True
+
+
+class _Reaper:
+    """One thread that waits for aborted launchers, so none stays a zombie."""
+
+    def __init__(self) -> None:
+        self._pids: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def reap(self, pid: int) -> None:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        self._pids.put(pid)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="agentd-sdk-reaper", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            pid = self._pids.get()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+_reaper = _Reaper()
 
 
 def spawn_waiting() -> tuple[int, socket.socket]:
