@@ -101,6 +101,14 @@ def _proc_status(pid: int) -> dict[str, str]:
         return {}
 
 
+def _runs_launcher(pid: int) -> bool:
+    """Whether `pid` is an agentd-exec that has not executed its command yet."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == LAUNCHER_NAME
+    except OSError:
+        return False
+
+
 class Manager:
     def __init__(
         self,
@@ -272,12 +280,15 @@ class Manager:
         return tool_call
 
     def _check_waiting_cap(self, session: Session) -> None:
-        waiting = sum(
-            1 for t in self._tool_calls.values() if t.session_id == session.id and t.waiting
-        )
-        if waiting >= MAX_WAITING_PER_SESSION:
+        waiting = [t for t in self._tool_calls.values() if t.session_id == session.id and t.waiting]
+        if len(waiting) >= MAX_WAITING_PER_SESSION:
+            # Only launchers still idle hold a place: back to back, the SDK keeps 2
+            # placed while the reports of the last tool calls (their launchers ran a
+            # command, maybe exited already) are still on their way.
+            waiting = [t for t in waiting if _runs_launcher(t.launcher_pid)]
+        if len(waiting) >= MAX_WAITING_PER_SESSION:
             raise ResourceExhaustedError(
-                f"session {session.id!r} already has {waiting} launchers placed ahead "
+                f"session {session.id!r} already has {len(waiting)} launchers placed ahead "
                 f"(the limit is {MAX_WAITING_PER_SESSION})"
             )
 
@@ -597,8 +608,10 @@ class Manager:
     def make_spares(self) -> int:
         """Top up every open session's spare groups (called by a background thread).
 
-        The mkdirs run outside the lock; a spare is registered only if its session is
-        still the same open session, otherwise it is removed again.
+        Each mkdir runs under the lock, after checking that its session is still the
+        same open one: a spare made outside it could land in a session group that
+        close_session is removing, whose rmdir then fails with EBUSY. One spare at a
+        time (~0.3 ms), so a request waits for at most one mkdir.
         """
         made = 0
         with self._lock:
@@ -609,20 +622,17 @@ class Manager:
             ]
         for session_id, created_at, missing in wanted:
             for _ in range(max(missing, 0)):
-                tool_call_id = _new_tool_call_id()
-                rel = f"sessions/{session_id}/{tool_call_id}"
-                try:
-                    self.backend.create(rel, GroupLimits())
-                except CgroupError:
-                    break  # the session was closed meanwhile, or cgroupfs refuses
                 with self._lock:
                     session = self._sessions.get(session_id)
-                    if session is not None and session.created_at == created_at:
-                        self._spares.setdefault((session_id, created_at), []).append(tool_call_id)
-                        made += 1
-                        continue
-                with contextlib.suppress(CgroupError):
-                    self.backend.remove(rel)
+                    if session is None or session.created_at != created_at:
+                        break  # closed meanwhile
+                    tool_call_id = _new_tool_call_id()
+                    try:
+                        self.backend.create(f"{session.cgroup_rel}/{tool_call_id}", GroupLimits())
+                    except CgroupError:
+                        break  # cgroupfs refuses: the next call makes its group itself
+                    self._spares.setdefault((session_id, created_at), []).append(tool_call_id)
+                    made += 1
         return made
 
     def remove_pending(self) -> int:

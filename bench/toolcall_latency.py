@@ -227,15 +227,18 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def measure_round(
-    session: Session, runs: int, command: list[str], settle: bool = True
-) -> tuple[list[float], list[float]]:
-    """`runs` samples of each, interleaved; which one goes first alternates so that
-    neither always runs right after the other's side effects.
+    session: Session, runs: int, command: list[str], settle: bool = True, gap: float = 0.0
+) -> tuple[list[float], list[float], float]:
+    """`runs` samples of each, interleaved (which one goes first alternates so that
+    neither always runs right after the other's side effects), and the fraction of
+    tool calls that found a launcher placed (back to back: whether placing keeps up).
 
     `settle`: after each tool call, and outside the timed region, wait for the SDK's
     background work (placing the next launcher, reporting the end) to finish, as it
     would between an agent's tool calls, which come seconds apart. Without it the
     next sample (either kind) competes with that work for the CPU and the GIL.
+    `gap`: instead, a fixed pause (seconds) before each sample, outside the timed
+    region, whatever the SDK is doing: an agent whose tool calls come that fast.
     """
 
     def via_agentd() -> None:
@@ -244,7 +247,9 @@ def measure_round(
             raise RuntimeError(f"tool call {result.tool_call_id} exited {result.returncode}")
 
     def settled() -> None:
-        if settle:
+        if gap:
+            time.sleep(gap)
+        elif settle:
             session.settle()
 
     def bare() -> None:
@@ -252,16 +257,19 @@ def measure_round(
 
     toolcall: list[float] = []
     baseline: list[float] = []
+    ready = 0  # runs that found a launcher placed (back to back: did the pool keep up?)
     for i in range(runs):
         settled()
         if i % 2 == 0:
+            ready += session.placed_ahead() is not None
             toolcall.append(timed(via_agentd))
             settled()
             baseline.append(timed(bare))
         else:
             baseline.append(timed(bare))
+            ready += session.placed_ahead() is not None
             toolcall.append(timed(via_agentd))
-    return toolcall, baseline
+    return toolcall, baseline, ready / runs
 
 
 @contextlib.contextmanager
@@ -290,6 +298,7 @@ def environment(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         "command": args.command,
         "launchers_ahead": not args.no_ahead,
         "settle": args.settle,
+        "gap_ms": args.gap_ms,
     }
 
 
@@ -299,9 +308,9 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
         result.environment = environment(client, args)
         session = client.session(f"bench-{secrets.token_hex(4)}")
         try:
-            measure_round(
-                session, args.warmup, args.command, args.settle
-            )  # excluded: caches, imports
+            gap = args.gap_ms / 1e3
+            # Excluded: caches, imports.
+            measure_round(session, args.warmup, args.command, args.settle, gap)
             all_toolcall: list[float] = []
             all_bare: list[float] = []
             assert daemon.process is not None
@@ -309,7 +318,9 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
             for number in range(1, args.rounds + 1):
                 cpu_before = sum(daemon_process.cpu_times()[:2])
                 with gc_paused():
-                    toolcall, bare = measure_round(session, args.runs, args.command, args.settle)
+                    toolcall, bare, ready = measure_round(
+                        session, args.runs, args.command, args.settle, gap
+                    )
                 cpu_ms = (sum(daemon_process.cpu_times()[:2]) - cpu_before) * 1e3 / args.runs
                 result.daemon_cpu_ms_per_call.append(cpu_ms)
                 comparison = Comparison.of(toolcall, bare)
@@ -317,7 +328,11 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
                 all_toolcall += toolcall
                 all_bare += bare
                 print_round(f"round {number}/{args.rounds}", comparison)
-                print(f"{'':<14} daemon CPU per tool call {cpu_ms:.2f} ms", flush=True)
+                print(
+                    f"{'':<14} daemon CPU per tool call {cpu_ms:.2f} ms, "
+                    f"a launcher was placed before {ready * 100:.0f}% of the runs",
+                    flush=True,
+                )
             result.overall = Comparison.of(all_toolcall, all_bare)
             diffs = [r.p50_diff_ms for r in result.rounds]
             result.p50_diff_spread_ms = (min(diffs), max(diffs))
@@ -364,10 +379,14 @@ def print_summary(result: Result) -> None:
         f"{env['loadavg_at_end'][0]:.2f}, cgroup {env['cgroup_mode']} "
         f"(backend {env['cgroup_backend']}), kernel {env['kernel']}, Python {env['python']}"
     )
-    print(
-        f"launchers placed ahead: {'on' if env['launchers_ahead'] else 'off'}, "
-        f"settle between samples: {'on' if env['settle'] else 'off'}"
+    cadence = (
+        f"a {env['gap_ms']:g} ms pause before each sample"
+        if env["gap_ms"]
+        else "settle before each sample"
+        if env["settle"]
+        else "back to back"
     )
+    print(f"launchers placed ahead: {'on' if env['launchers_ahead'] else 'off'}, {cadence}")
     print(f"note: {NOISE_CAVEAT}")
 
 
@@ -419,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="settle",
         action="store_false",
         help="back to back: do not wait for the SDK's background work between samples",
+    )
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="pause this long before each sample instead of settling (agent cadence "
+        "without waiting for the SDK)",
     )
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the daemon's log and state dir"

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -100,6 +100,7 @@ class Collector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: set[str] = set()
+        self._window_cache: tuple[object, NodeWindow] | None = None
         self._events = (
             bus.subscribe(lambda e: e.kind in ("tool_call_begun", "tool_call_ended"))
             if bus is not None
@@ -123,26 +124,35 @@ class Collector:
         period = self.settings.period_seconds
         next_tick = time.monotonic()
         while not self._stop.is_set():
-            self._drain_events()
             started = time.monotonic()
             try:
                 self.tick()
             except Exception:
                 log.exception("collector.tick_failed")
             SAMPLE_SECONDS.observe(time.monotonic() - started)
+            self._drain_events()
             # Fixed rate, not fixed delay; after a stall skip ticks rather than burst.
             next_tick = max(next_tick + period, time.monotonic())
             self._stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def _drain_events(self) -> None:
+        """Handle the events of the last period as one batch: the tool calls that ended
+        in it share one node sample at their end and one dataset transaction (per tool
+        call, these cost more than all the rest of its record)."""
         if self._events is None:
             return
+        ended: list[ToolCall] = []
         while True:
             try:
                 event, _dropped = self._events.get(timeout=0)
             except queue.Empty:
-                return
-            self.handle(event)
+                break
+            if event.kind == "tool_call_ended":
+                ended.append(event.payload)
+            else:
+                self.handle(event)
+        if ended:
+            self.end_many(ended)
 
     # -- sampling ------------------------------------------------------------------
 
@@ -251,10 +261,37 @@ class Collector:
 
     def end(self, tool_call: ToolCall) -> Record | None:
         """Stop sampling `tool_call`, build its record and store it in the dataset."""
-        # One last look: the group is still there until the group worker removes it.
-        final = self._sample_group(tool_call.cgroup_rel)
+        return self.end_many([tool_call])[0]
+
+    def end_many(self, tool_calls: list[ToolCall]) -> list[Record | None]:
+        """end() of tool calls that ended together: one node and sessions sample for
+        all of them, their records stored in one transaction."""
+        # One last look: a group is still there until the group worker removes it.
+        finals = [self._sample_group(t.cgroup_rel) for t in tool_calls]
         node_end = (self._clock(), self._sample_node())
         sessions_end = self._sample_group(SESSIONS_REL, aggregate=True)
+        records = [
+            self._end_one(t, final, node_end, sessions_end)
+            for t, final in zip(tool_calls, finals, strict=True)
+        ]
+        stored = [r for r in records if r is not None]
+        if self._dataset is not None and stored:
+            try:
+                self._dataset.add_many(stored)
+                RECORDS.inc(len(stored))
+            except Exception:
+                log.exception(
+                    "collector.record_failed", tool_call_ids=[r.tool_call_id for r in stored]
+                )
+        return records
+
+    def _end_one(
+        self,
+        tool_call: ToolCall,
+        final: Sample | None,
+        node_end: tuple[float, Sample],
+        sessions_end: Sample | None,
+    ) -> Record | None:
         with self._lock:
             tracked = self._tracked.pop(tool_call.id, None)
             GROUPS_TRACKED.set(len(self._tracked))
@@ -264,14 +301,7 @@ class Collector:
             return None
         if final is not None:
             tracked.ring.append(node_end[0], final)
-        record = self._record(tracked, tool_call, node_end, sessions_end)
-        if self._dataset is not None:
-            try:
-                self._dataset.add(record)
-                RECORDS.inc()
-            except Exception:
-                log.exception("collector.record_failed", tool_call_id=tool_call.id)
-        return record
+        return self._record(tracked, tool_call, node_end, sessions_end)
 
     def _record(
         self,
@@ -339,11 +369,18 @@ class Collector:
             return self._window_locked(seconds or self.settings.before_seconds, end=None)
 
     def _window_locked(self, seconds: float, end: float | None) -> NodeWindow:
-        return NodeWindow.from_samples(
-            self._node.span(seconds, end),
-            self._sessions.span(seconds, end),
-            float(len(self._tracked)),
+        node = self._node.span(seconds, end)
+        sessions = self._sessions.span(seconds, end)
+        # Tool calls that begin in the same period see the same samples: the window
+        # is computed once for them (~60 rates), only the count of tool calls differs.
+        key = (
+            (node[0][0], node[-1][0]) if node else None,
+            (sessions[0][0], sessions[-1][0]) if sessions else None,
         )
+        cached = self._window_cache
+        if cached is None or cached[0] != key:
+            cached = self._window_cache = (key, NodeWindow.from_samples(node, sessions))
+        return replace(cached[1], agentd_tool_calls=float(len(self._tracked)))
 
     def tracked(self) -> list[str]:
         with self._lock:

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import errno
 import os
+import queue
 import shutil
 import socket
 import struct
@@ -48,6 +49,9 @@ TAKE_WAIT_SECONDS = 1.0
 #: report does not compete with the agent's own thread for the GIL right after the
 #: command started.
 START_REPORT_DELAY_SECONDS = 0.05
+#: Launchers a session keeps placed ahead: with two, tool calls back to back find one
+#: ready while the one just used is being replaced (the daemon allows 4 waiting).
+AHEAD_DEPTH = 2
 #: How long the reporter retries a report while the daemon is unreachable (restart).
 REPORT_RETRY_SECONDS = 60.0
 
@@ -124,15 +128,48 @@ class WaitingLauncher:
         return int.from_bytes(reply, "little", signed=True) if len(reply) == 4 else 0
 
     def abort(self) -> None:
-        """Never run anything: the launcher reads EOF and exits 127."""
+        """Never run anything: the launcher reads EOF and exits 127. Reaped in the
+        background: it may not exit for a while (its session frozen by agentd, which
+        kills it when the session closes), and the caller must not wait for that."""
         if self.usage_files is not None:
             self.usage_files.close()
             self.usage_files = None
         self.sock.close()
         if not self.reaped:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+            _reaper.reap(self.pid)
             self.reaped = True
+
+
+class _Reaper:
+    """One thread that waits for aborted launchers, so none stays a zombie."""
+
+    def __init__(self) -> None:
+        self._pids: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def reap(self, pid: int) -> None:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        self._pids.put(pid)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="agentd-sdk-reaper", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            pid = self._pids.get()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+_reaper = _Reaper()
 
 
 def spawn_waiting() -> tuple[int, socket.socket]:
@@ -290,6 +327,11 @@ class Reporter:
         now rather than when its reaper notices the empty group."""
         self._put(_Report(tool_call_id, "", 0.0, pb.ExitStatus()))
 
+    def idle(self) -> bool:
+        """Nothing queued or being sent (flush() would return at once)."""
+        with self._cond:
+            return not self._queue and not self._busy
+
     def take_start(self, tool_call_id: str) -> bool:
         """Withdraw a queued start (the caller reports the end itself, synchronously)."""
         with self._cond:
@@ -411,77 +453,93 @@ def _timestamp(seconds: float) -> Any:
 
 @dataclass(eq=False)  # identity: kept in a WeakSet
 class LauncherPool:
-    """One session's launcher placed ahead, for the intent of its latest tool call."""
+    """One session's launchers placed ahead, for the intent of its latest tool call.
+
+    `depth` of them (default 2): tool calls back to back find the next one placed
+    while the placement that replaces the one just used is still under way.
+    """
 
     begin: Callable[[pb.Intent, int], pb.ToolCall]
     discard: Callable[[str], None]  # tell the daemon an unused launcher is gone
+    depth: int = AHEAD_DEPTH
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _ready: WaitingLauncher | None = None
-    _preparing: tuple[bytes, threading.Event] | None = None
-    _wanted: pb.Intent | None = None
+    _ready: collections.deque[WaitingLauncher] = field(default_factory=collections.deque)
+    _preparing: bytes | None = None  # the key of the placement under way
+    _wanted: tuple[pb.Intent, bytes] | None = None  # what to keep `depth` launchers for
     _worker: threading.Thread | None = None
     _closed: bool = False
 
     def __post_init__(self) -> None:
-        self._wake = threading.Condition(self._lock)
+        # Signalled on every change (a launcher ready, a placement over, close).
+        self._changed = threading.Condition(self._lock)
 
-    def take(self, key: bytes) -> WaitingLauncher | None:
-        """The placed launcher for `key`, or None (then one is prepared for next time)."""
-        with self._lock:
-            preparing = self._preparing
-        if preparing is not None and preparing[0] == key:
-            preparing[1].wait(TAKE_WAIT_SECONDS)
-        with self._lock:
-            ready = self._ready
-            if ready is not None and ready.key == key:
-                self._ready = None
-                if ready.alive():
-                    return ready
-                ready.abort()
-        return None
+    def take(self, key: bytes, wait: float = TAKE_WAIT_SECONDS) -> WaitingLauncher | None:
+        """A placed launcher for `key`, or None (then one is prepared for next time).
+        Waits at most `wait` seconds for one being placed for `key`."""
+        deadline = time.monotonic() + wait
+        dead: list[WaitingLauncher] = []
+        try:
+            with self._lock:
+                while True:
+                    while self._ready and self._ready[0].key == key:
+                        ready = self._ready.popleft()
+                        if ready.alive():
+                            return ready
+                        dead.append(ready)
+                    left = deadline - time.monotonic()
+                    if self._preparing != key or left <= 0:
+                        return None
+                    self._changed.wait(left)
+        finally:
+            for launcher in dead:
+                launcher.abort()
 
     def prepare(self, intent: pb.Intent) -> None:
-        """Place a launcher for `intent` in the background, replacing one for another.
+        """Keep `depth` launchers placed for `intent` in the background, replacing those
+        placed for another.
 
         Only signals the pool's worker thread: starting a thread here would cost the
         caller ~1 ms (Thread.start waits for it, then it takes the GIL).
         """
         key = intent_key(intent)
         with self._lock:
-            if self._closed or self._preparing is not None:
+            if self._closed:
                 return
-            if self._ready is not None:
-                if self._ready.key == key:
-                    return
-                stale, self._ready = self._ready, None
-                stale.abort()
-                self.discard(stale.tool_call.id)
-            self._preparing = (key, threading.Event())
-            self._wanted = intent
+            stale = [r for r in self._ready if r.key != key]
+            self._ready = collections.deque(r for r in self._ready if r.key == key)
+            self._wanted = (intent, key)
             if self._worker is None:
                 self._worker = threading.Thread(
                     target=self._work, name="agentd-sdk-ahead", daemon=True
                 )
                 self._worker.start()
-            self._wake.notify()
+            self._changed.notify_all()
+        for launcher in stale:
+            launcher.abort()
+            self.discard(launcher.tool_call.id)
+
+    def _short(self) -> bool:
+        return self._wanted is not None and len(self._ready) < self.depth
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while self._wanted is None and not self._closed:
-                    self._wake.wait()
+                while not self._short() and not self._closed:
+                    self._changed.wait()
                 if self._closed:
                     self._worker = None
-                    if self._preparing is not None:  # wanted, never started
-                        self._preparing[1].set()
-                        self._preparing = None
+                    self._changed.notify_all()
                     return
-                intent, self._wanted = self._wanted, None
-                assert self._preparing is not None
-                key, done = self._preparing
-            self._prepare(intent, key, done)
+                assert self._wanted is not None
+                intent, key = self._wanted
+                self._preparing = key
+            if not self._prepare(intent, key):
+                with self._lock:  # not again until the next prepare(): no retry loop
+                    if self._wanted is not None and self._wanted[1] == key:
+                        self._wanted = None
 
-    def _prepare(self, intent: pb.Intent, key: bytes, done: threading.Event) -> None:
+    def _prepare(self, intent: pb.Intent, key: bytes) -> bool:
+        """Place one launcher for `intent`; False if that failed."""
         launcher: WaitingLauncher | None = None
         try:
             pid, sock = spawn_waiting()
@@ -496,32 +554,41 @@ class LauncherPool:
             if launcher is not None:
                 launcher.abort()
             launcher = None
+        placed = launcher is not None
         with self._lock:
             self._preparing = None
-            if launcher is not None and not self._closed and self._ready is None:
-                self._ready, launcher = launcher, None
-        if launcher is not None:  # the pool was closed meanwhile
+            wanted = self._wanted is not None and self._wanted[1] == key
+            if launcher is not None and not self._closed and wanted:
+                self._ready.append(launcher)
+                launcher = None
+            self._changed.notify_all()
+        if launcher is not None:  # closed or replaced meanwhile
             launcher.abort()
             self.discard(launcher.tool_call.id)
-        done.set()
+        return placed
 
-    def ready_id(self) -> str | None:
+    def ready_ids(self) -> list[str]:
+        """The tool calls of the launchers placed, the one the next run takes first."""
         with self._lock:
-            return self._ready.tool_call.id if self._ready is not None else None
+            return [r.tool_call.id for r in self._ready]
 
     def wait_prepared(self, timeout: float) -> None:
+        """Until `depth` launchers are placed (or placing failed, or timeout)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            preparing = self._preparing
-        if preparing is not None:
-            preparing[1].wait(timeout)
+            while (self._short() or self._preparing is not None) and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
 
     def close(self) -> None:
-        """Abort the waiting launcher (the daemon ends its tool call with the session)."""
+        """Abort the waiting launchers (the daemon ends their tool calls with the session)."""
         with self._lock:
             self._closed = True
-            self._wake.notify()
+            self._changed.notify_all()
             # One being placed now is aborted by the worker when the placement returns.
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            ready.abort()
-            self.discard(ready.tool_call.id)
+            ready, self._ready = list(self._ready), collections.deque()
+        for launcher in ready:
+            launcher.abort()
+            self.discard(launcher.tool_call.id)

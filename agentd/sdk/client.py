@@ -32,6 +32,7 @@ from agentd.cgroups.base import GroupUsage
 from agentd.credproto import TOKEN_METADATA_KEY, fetch_token
 from agentd.sdk import launcher
 from agentd.sdk.ahead import (
+    TAKE_WAIT_SECONDS,
     AheadPopen,
     LauncherGone,
     LauncherPool,
@@ -375,12 +376,17 @@ class Session:
 
     def placed_ahead(self) -> str | None:
         """The tool-call id the next run() will get if its limits are those of the
-        launcher waiting for it (see settle()); None if none is waiting."""
-        return self._pool.ready_id() if self._pool is not None else None
+        launchers waiting for it (see settle()); None if none is waiting."""
+        ids = self.placed_ahead_ids()
+        return ids[0] if ids else None
+
+    def placed_ahead_ids(self) -> list[str]:
+        """The tool-call ids of every launcher waiting, in the order runs take them."""
+        return self._pool.ready_ids() if self._pool is not None else []
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until the background work of finished tool calls is done (the next
-        launcher placed, the daemon told of every start and end)."""
+        launchers placed, the daemon told of every start and end)."""
         if self._pool is not None:
             self._pool.wait_prepared(timeout)
         self.client.reporter.flush(timeout)
@@ -479,14 +485,16 @@ class Session:
         intent: pb.Intent,
         env: Mapping[str, str] | None,
         cwd: str | os.PathLike[str] | None,
+        wait: float = TAKE_WAIT_SECONDS,
         **stdio: Any,
     ) -> ToolCallProcess | None:
-        """Run on the launcher placed ahead for this intent; None if there is none."""
+        """Run on a launcher placed ahead for this intent (waiting at most `wait` for one
+        being placed); None if there is none."""
         assert self._pool is not None
         if cwd is not None and not os.path.isdir(cwd):
             raise FileNotFoundError(errno.ENOENT, "No such directory", os.fspath(cwd))
         program = resolve_program(args[0], env)
-        waiting = self._pool.take(intent_key(intent))
+        waiting = self._pool.take(intent_key(intent), wait)
         if waiting is None:
             return None  # the ordinary way places one for next time
         started_at, started = time.time(), time.monotonic()
@@ -530,7 +538,16 @@ class Session:
             kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
         if input is not None:
             kwargs["stdin"] = subprocess.PIPE
-        process = self.start(args, **kwargs)
+        return self.complete(self.start(args, **kwargs), input, timeout, check)
+
+    def complete(
+        self,
+        process: ToolCallProcess,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> ToolCallResult:
+        """Wait for a started tool call as run() does: its output, its end, its usage."""
         try:
             stdout, stderr = process.popen.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:

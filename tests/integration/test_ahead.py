@@ -146,7 +146,8 @@ def test_placing_ahead_is_bounded_per_session(agentd):
                         "BeginToolCall",
                         pb.BeginToolCallRequest(session_id=session.id, pid=pid, ahead=True),
                     )
-            assert len(launchers) == 4  # 3 more besides the SDK's own: the limit is 4
+            assert len(session.placed_ahead_ids()) == 2  # the SDK keeps two placed
+            assert len(launchers) == 3  # 2 more besides the SDK's own: the limit is 4
         finally:
             for pid, sock in launchers:
                 sock.close()

@@ -11,21 +11,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from agentd.cgroups.detect import choose_backend, detect_layout
 from agentd.control import Control, Target
 from agentd.errors import NotFoundError, PermissionDeniedError, TooSoonError
 from agentd.events import Event
-from agentd.manager import Caller, Manager, NodeLimits
+from agentd.manager import Caller, Manager
 from agentd.model import Intent, Resources
 from agentd.sdk.launcher import spawn
-from agentd.store import Store
 
 pytestmark = pytest.mark.root
 
@@ -43,24 +39,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def manager(cgroup_v1_required: None, tmp_path: Path) -> Iterator[Manager]:
-    backend = choose_backend(detect_layout(), "auto", f"agentd-test-{uuid.uuid4().hex[:8]}")
-    backend.ensure_root()
-    store = Store(tmp_path / "state")
-    node = NodeLimits(
-        allocatable_memory=4 * GiB,
-        cpus=2.0,
-        default_session=Resources(memory_max=GiB, cpu=2.0, pids_max=256),
-    )
-    mgr = Manager(backend, store, node)
-    try:
-        yield mgr
-    finally:
-        try:
-            backend.kill("")
-        finally:
-            backend.remove("")
-            store.close()
+def manager(real_manager: Manager) -> Manager:
+    return real_manager
 
 
 def start_busy(mgr: Manager, session_id: str) -> tuple[str, subprocess.Popen[bytes]]:

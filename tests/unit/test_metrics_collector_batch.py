@@ -1,0 +1,95 @@
+"""The collector handles the tool calls that ended in one period as a batch: one node
+sample at their end and one dataset transaction, the same records as one by one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from agentd.events import Event, EventBus
+from agentd.metrics.collector import Collector, CollectorSettings
+from agentd.metrics.dataset import Dataset
+from agentd.metrics.window import Sample
+from agentd.model import Intent, Resources, ToolCall, Usage
+
+
+class CountingNode:
+    name = "node"
+    detail = False
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def sample(self) -> Sample:
+        self.samples += 1
+        return {"cpu_total_jiffies": 100.0 * self.samples, "cpu_busy_jiffies": 50.0 * self.samples}
+
+
+class FakeGroups:
+    name = "groups"
+    detail = False
+    per_process = False
+
+    def sample(self, rel: str) -> Sample:
+        return {"cpu_usage_us": 1000.0, "nr_tasks": 1.0}
+
+    def forget(self, rel: str) -> None:
+        pass
+
+
+def tool_call(i: int) -> ToolCall:
+    now = time.time()
+    return ToolCall(
+        id=f"tc-{i:012x}",
+        session_id="s1",
+        owner_uid=0,
+        intent=Intent(resources=Resources(), label="true"),
+        limits=Resources(),
+        started_at=now,
+        launcher_pid=0,
+        ended_at=now + 0.01,
+        usage=Usage(wall_seconds=0.01),
+    )
+
+
+def test_ends_of_one_period_share_a_node_sample_and_a_transaction(tmp_path: Path) -> None:
+    bus = EventBus()
+    node = CountingNode()
+    dataset = Dataset(tmp_path / "dataset.sqlite")
+    collector = Collector([node], [FakeGroups()], CollectorSettings(), dataset, bus)
+    for _ in range(3):
+        collector.tick()
+    calls = [tool_call(i) for i in range(5)]
+    for t in calls:
+        bus.publish(Event(t.session_id, t.id, 0, "tool_call_begun", t))
+    for t in calls:
+        bus.publish(Event(t.session_id, t.id, 0, "tool_call_ended", t))
+    before = node.samples
+    collector._drain_events()
+    assert node.samples - before == 1  # one node sample for the five ends
+    assert sorted(r.tool_call_id for r in dataset.records()) == [t.id for t in calls]
+    assert collector.tracked() == []
+    # Tool calls that began in the same period saw the same node window, each with
+    # the number of tool calls tracked when it began.
+    records = sorted(dataset.records(), key=lambda r: r.tool_call_id)
+    assert {r.window_before["cpu_busy_cores"] for r in records} == {
+        records[0].window_before["cpu_busy_cores"]
+    }
+    assert [r.window_before["agentd_tool_calls"] for r in records] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    dataset.close()
+
+
+def test_dataset_add_many_is_one_transaction_of_all_records(tmp_path: Path) -> None:
+    bus = EventBus()
+    dataset = Dataset(tmp_path / "dataset.sqlite")
+    collector = Collector([CountingNode()], [FakeGroups()], CollectorSettings(), dataset, bus)
+    collector.tick()
+    calls = [tool_call(i) for i in range(3)]
+    for t in calls:
+        collector.begin(t)
+    records = collector.end_many(calls)
+    assert [r.tool_call_id for r in records if r is not None] == [t.id for t in calls]
+    assert len(dataset) == 3
+    assert collector.end_many([tool_call(99)]) == [None]  # never tracked: no record
+    assert len(dataset) == 3
+    dataset.close()
