@@ -2,8 +2,9 @@
 and an interval (by default the 10th-90th percentile, an 80% interval).
 
 The learned models predict log(slowdown) so that "twice as slow" and "half the
-extra time" are symmetric errors, and clip at 1 (a tool call is never faster than
-alone, by definition of its solo baseline; measured faster runs are noise).
+extra time" are symmetric errors, and clip the expected slowdown at 1 (a tool call
+is never faster than alone, by definition of its solo baseline; measured faster
+runs are noise, which the interval's low bound does show).
 """
 
 from __future__ import annotations
@@ -297,10 +298,15 @@ MAX_SLOWDOWN = 20.0
 
 
 def _bounded(mid: Array, low: Array, high: Array) -> tuple[Array, Array, Array]:
-    """From log space to slowdowns in [1, MAX_SLOWDOWN], with low <= mid <= high."""
+    """From log space to slowdowns, low <= mid <= high, all at most MAX_SLOWDOWN.
+
+    The expected slowdown is at least 1 (never faster than alone, by definition of
+    the baseline). The low bound is not: measured against solo runs on a busy node,
+    a run is faster than its baseline about half the time, and an interval clipped
+    at 1 covered 52% of held-out runs instead of 80%."""
     top = np.log(MAX_SLOWDOWN)
     mid_s = np.maximum(np.exp(np.minimum(mid, top)), 1.0)
-    low_s = np.minimum(np.maximum(np.exp(np.minimum(low, top)), 1.0), mid_s)
+    low_s = np.minimum(np.exp(np.clip(low, -top, top)), mid_s)
     high_s = np.maximum(np.exp(np.minimum(high, top)), mid_s)
     return mid_s, low_s, high_s
 

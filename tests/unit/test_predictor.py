@@ -122,7 +122,8 @@ def test_trained_model_round_trips_and_predicts_many_candidates(
     out = predictor.predict(candidates, window)
     assert len(out) == 10
     for p in out:
-        assert 1.0 <= p.low <= p.predicted_slowdown <= p.high
+        # the low bound may be under 1: on a busy node runs beat their solo baseline
+        assert 0.0 < p.low <= p.predicted_slowdown <= p.high and p.predicted_slowdown >= 1.0
         assert p.model == predictor.model_label
 
 
