@@ -134,21 +134,47 @@ class Record:
 @dataclass(frozen=True)
 class SoloRule:
     """When a run counts as uncontended: no other agentd tool call beside it, and
-    the rest of the node (other processes) used at most `max_other_cores`."""
+    the rest of the node (other processes) used at most `max_other_cores`. A run the
+    experiment harness tagged (`antagonist`) is solo exactly when it says so: on a
+    shared machine the harness's own solo runs are the reference, whatever else ran."""
 
     max_other_cores: float = 0.5
 
     def is_solo(self, record: Record) -> bool:
+        if "antagonist" in record.tags:
+            return record.tags["antagonist"] == "solo" and record.neighbours_max == 0
         return record.neighbours_max == 0 and record.other_cpu_cores <= self.max_other_cores
+
+
+#: Tag the harness writes: the solo baseline measured next to this very run.
+PAIRED_BASELINE_TAG = "solo_baseline_seconds"
 
 
 @dataclass(frozen=True)
 class Baseline:
+    """How a command class runs alone (medians over its solo runs): the duration its
+    slowdowns are measured against, and the resource profile the predictor reads."""
+
     command_class: str
     duration_seconds: float  # median over solo runs
     cpu_per_second: float  # cores the class uses when alone (median)
     peak_memory_bytes: float
     runs: int
+    #: cores it wanted: on CPU or waiting for one (CPU-boundness; the rest is I/O,
+    #: sleep or waiting on children)
+    cpu_demand: float = 0.0
+    pgfault_per_s: float = 0.0
+    max_tasks: float = 1.0
+
+
+def baseline_seconds(record: Record, baselines: dict[str, Baseline]) -> float | None:
+    """The solo duration a run's slowdown is measured against: the paired one the
+    harness measured around it when there is one, else its class's solo median."""
+    paired = record.tags.get(PAIRED_BASELINE_TAG)
+    if paired is not None:
+        return float(paired)
+    base = baselines.get(record.command_class)
+    return base.duration_seconds if base is not None else None
 
 
 def solo_baselines(records: list[Record], rule: SoloRule, min_runs: int = 1) -> dict[str, Baseline]:
@@ -161,6 +187,10 @@ def solo_baselines(records: list[Record], rule: SoloRule, min_runs: int = 1) -> 
     for cls, runs in by_class.items():
         if len(runs) < min_runs:
             continue
+
+        def median_of(key: str, default: float, runs: list[Record] = runs) -> float:
+            return statistics.median(float(r.group_run.get(key, default)) for r in runs)
+
         out[cls] = Baseline(
             command_class=cls,
             duration_seconds=statistics.median(r.duration_seconds for r in runs),
@@ -169,6 +199,13 @@ def solo_baselines(records: list[Record], rule: SoloRule, min_runs: int = 1) -> 
             ),
             peak_memory_bytes=statistics.median(r.peak_memory_bytes for r in runs),
             runs=len(runs),
+            cpu_demand=statistics.median(
+                float(r.group_run.get("cpu_cores", 0.0))
+                + float(r.group_run.get("runq_delay_frac", 0.0))
+                for r in runs
+            ),
+            pgfault_per_s=median_of("pgfault_per_s", 0.0),
+            max_tasks=median_of("max_nr_tasks", 1.0),
         )
     return out
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agentd.metrics.dataset import Record, SoloRule, solo_baselines
+from agentd.metrics.dataset import PAIRED_BASELINE_TAG, Record, SoloRule, solo_baselines
 from agentd.predictor.features import FEATURE_NAMES
 from agentd.predictor.models import BASELINES, LEARNED, Array, psi_rule
 from agentd.predictor.train import load_records, single_threaded, training_set
@@ -79,10 +79,15 @@ def evaluate_split(
     group_of: Callable[[Record], str | None],
     rule: SoloRule,
     strict_model: str = "gbt",
+    only: set[str] | None = None,
+    extras: bool = True,
 ) -> dict[str, Scores]:
-    """Train on all groups but one, score on that one, for every group."""
+    """Train on all groups but one, score on that one, for every group (or the groups
+    in `only`). `extras`: also the strict "no profile" and the hindsight rows."""
     baselines = solo_baselines(records, rule)
     groups = sorted({g for r in records if (g := group_of(r)) is not None})
+    if only is not None:
+        groups = [g for g in groups if g in only]
     scores: dict[str, Scores] = {}
     for held_out in groups:
         train_recs = [r for r in records if group_of(r) != held_out]
@@ -100,6 +105,8 @@ def evaluate_split(
             scores.setdefault(name, Scores()).add(held_out, test.y, mid, low, high)
         mid, low, high = _fallback_predict(test.x)
         scores.setdefault("fallback:psi-linear", Scores()).add(held_out, test.y, mid, low, high)
+        if not extras:
+            continue
         # Strict: the held-out class's profile hidden as well.
         held_classes = {r.command_class for r in test_recs}
         strict_test = training_set(test_recs, rule, baselines, hide_profile_of=held_classes)
@@ -120,6 +127,24 @@ def evaluate_split(
             held_out, hind_test.y, mid, low, high
         )
     return scores
+
+
+def noise_floor(records: list[Record], rule: SoloRule) -> dict[str, float] | None:
+    """|slowdown - 1| of the solo runs measured like the contended ones (against the
+    solo runs beside them): the ground truth's own noise on this node, if the
+    records carry paired baselines."""
+    solo = [
+        r for r in records if r.tags.get("antagonist") == "solo" and PAIRED_BASELINE_TAG in r.tags
+    ]
+    if not solo:
+        return None
+    data = training_set(solo, rule)
+    errors = np.abs(data.y - 1.0)
+    return {
+        "n": float(len(errors)),
+        "mae_pp": float(errors.mean() * 100),
+        "median_ae_pp": float(np.median(errors) * 100),
+    }
 
 
 def workload_of(r: Record) -> str:
@@ -182,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         "held-out antagonist": evaluate_split(records, antagonist_of, rule),
     }
     text = markdown(results)
+    floor = noise_floor(records, rule)
+    if floor is not None:
+        text += (
+            f"\nGround-truth noise: solo runs against their own paired baseline, "
+            f"MAE {floor['mae_pp']:.1f} pp (median {floor['median_ae_pp']:.1f} pp, n = "
+            f"{floor['n']:.0f}): what no model can explain from the window before a run.\n"
+        )
     models = ["gbt", "ridge", "online-sgd", "class-mean", "psi-linear", "no-slowdown"]
     text += "\n" + per_group_markdown(
         results["held-out workload"], models, "held-out workload (MAE pp)"

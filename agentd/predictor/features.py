@@ -40,6 +40,10 @@ class ClassProfile:
     solo_cpu_cores: float = 1.0
     solo_duration_seconds: float = 0.0
     solo_peak_memory_bytes: float = 0.0
+    #: cores wanted alone (on CPU + waiting for one): CPU-boundness
+    solo_cpu_demand: float = 1.0
+    solo_pgfault_per_s: float = 0.0
+    solo_max_tasks: float = 1.0
 
     @classmethod
     def of(cls, baseline: Baseline | None) -> ClassProfile:
@@ -50,6 +54,9 @@ class ClassProfile:
             solo_cpu_cores=baseline.cpu_per_second,
             solo_duration_seconds=baseline.duration_seconds,
             solo_peak_memory_bytes=baseline.peak_memory_bytes,
+            solo_cpu_demand=baseline.cpu_demand or baseline.cpu_per_second,
+            solo_pgfault_per_s=baseline.pgfault_per_s,
+            solo_max_tasks=baseline.max_tasks,
         )
 
 
@@ -58,11 +65,18 @@ CANDIDATE_FEATURES = (
     "cand_memory_gib",
     "profile_known",
     "profile_cpu_cores",
+    "profile_cpu_demand",
     "profile_log_duration",
     "profile_peak_gib",
-    # interactions a linear model cannot build itself
+    "profile_log_pgfault_rate",
+    "profile_log_tasks",
+    # interactions a linear model cannot build itself: how much of what the candidate
+    # wants (CPU, memory) the node's current contention would take from it
     "cpu_demand_over_free",
     "cpu_contention",
+    "cpu_demand_x_psi_cpu",
+    "cpu_demand_x_agentd_cores",
+    "cpu_demand_x_runnable_per_cpu",
     "memory_pressure_x_peak",
 )
 FEATURE_NAMES: tuple[str, ...] = WINDOW_FEATURES + CANDIDATE_FEATURES
@@ -71,9 +85,9 @@ FEATURE_NAMES: tuple[str, ...] = WINDOW_FEATURES + CANDIDATE_FEATURES
 def feature_vector(
     candidate: CandidateFeatures, window: NodeWindow, profile: ClassProfile
 ) -> list[float]:
-    cpu_demand = candidate.cpu_cores or profile.solo_cpu_cores
+    demand = profile.solo_cpu_demand
     if candidate.cpu_cores:
-        cpu_demand = min(candidate.cpu_cores, profile.solo_cpu_cores)
+        demand = min(candidate.cpu_cores, demand)
     free = max(window.ncpus - window.cpu_busy_cores, 0.05)
     peak_gib = (profile.solo_peak_memory_bytes or float(candidate.memory_bytes or 0)) / GIB
     # getattr, not as_dict(): dataclasses.asdict deep-copies and was 2/3 of predict()
@@ -82,10 +96,16 @@ def feature_vector(
         float(candidate.memory_bytes or 0) / GIB,
         1.0 if profile.known else 0.0,
         profile.solo_cpu_cores,
+        demand,
         math.log1p(profile.solo_duration_seconds),
         peak_gib,
-        cpu_demand / free,
-        cpu_demand * window.cpu_busy_cores / window.ncpus,
+        math.log1p(profile.solo_pgfault_per_s),
+        math.log(max(profile.solo_max_tasks, 1.0)),
+        demand / free,
+        demand * window.cpu_busy_cores / window.ncpus,
+        demand * window.psi_cpu_some,
+        demand * window.agentd_cpu_cores,
+        demand * window.procs_running / window.ncpus,
         (window.psi_memory_some + window.pgmajfault_per_s / 1000) * peak_gib,
     ]
     return values

@@ -31,7 +31,7 @@ from agentd.predictor.models import SlowdownModel, psi_rule
 log = structlog.get_logger("agentd.predictor")
 
 MODEL_FORMAT = "agentd-predictor"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: paired-baseline targets, class resource profile features
 FALLBACK = "fallback:psi-linear"
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from agentd.metrics.dataset import Baseline, Dataset, Record, SoloRule, load_jsonl, solo_baselines
+from agentd.metrics.dataset import (
+    Baseline,
+    Dataset,
+    Record,
+    SoloRule,
+    baseline_seconds,
+    load_jsonl,
+    solo_baselines,
+)
 from agentd.metrics.window import NodeWindow
 from agentd.predictor.features import ClassProfile, candidate_of, feature_vector
 from agentd.predictor.models import LEARNED, Array
@@ -61,7 +69,8 @@ def training_set(
     hide_profile_of: set[str] | None = None,
     window: str = "window_before",
 ) -> TrainingSet:
-    """Rows for every successful record whose class has a solo baseline.
+    """Rows for every successful record with a solo baseline: the paired one the
+    harness measured around it, else its class's solo median.
 
     `hide_profile_of`: classes whose profile the features must not see (the strict
     "never seen at all" evaluation). `window`: which stored node window the features
@@ -72,13 +81,14 @@ def training_set(
     hidden = hide_profile_of or set()
     rows, ys, classes, kept = [], [], [], []
     for r in records:
-        base = baselines.get(r.command_class)
-        if r.exit_code != 0 or base is None or base.duration_seconds <= 0:
+        solo = baseline_seconds(r, baselines)
+        if r.exit_code != 0 or solo is None or solo <= 0:
             continue
+        base = baselines.get(r.command_class)
         profile = ClassProfile() if r.command_class in hidden else ClassProfile.of(base)
         node = NodeWindow.from_dict(getattr(r, window))
         rows.append(feature_vector(candidate_of(r), node, profile))
-        ys.append(r.duration_seconds / base.duration_seconds)
+        ys.append(r.duration_seconds / solo)
         classes.append(r.command_class)
         kept.append(r)
     return TrainingSet(

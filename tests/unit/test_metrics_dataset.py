@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from agentd.metrics.dataset import (
+    PAIRED_BASELINE_TAG,
     Dataset,
     Record,
     SoloRule,
+    baseline_seconds,
     command_class,
     export_csv,
     export_jsonl,
@@ -75,6 +77,41 @@ def test_solo_baseline_is_the_median_of_uncontended_successful_runs() -> None:
     assert base["gcc"].runs == 1
     # a looser rule admits the busy-node run
     assert solo_baselines(records, SoloRule(max_other_cores=2.0))["pytest"].runs == 4
+
+
+def test_harness_tags_decide_solo_whatever_the_node_load() -> None:
+    busy_solo = record(1, duration=2.0, other=1.8)
+    busy_solo.tags = {"antagonist": "solo"}
+    contended = record(2, duration=5.0, other=0.1)
+    contended.tags = {"antagonist": "cpu-1"}
+    base = solo_baselines([busy_solo, contended], SoloRule(max_other_cores=0.5))
+    assert base["pytest"].runs == 1 and base["pytest"].duration_seconds == 2.0
+
+
+def test_class_profile_medians_cpu_demand_faults_and_tasks() -> None:
+    runs = [record(i) for i in range(3)]
+    for r, (cores, runq, faults, tasks) in zip(
+        runs, [(0.5, 0.4, 100.0, 1.0), (0.6, 0.3, 300.0, 3.0), (0.9, 0.1, 200.0, 2.0)], strict=True
+    ):
+        r.group_run = {
+            "cpu_cores": cores,
+            "runq_delay_frac": runq,
+            "pgfault_per_s": faults,
+            "max_nr_tasks": tasks,
+        }
+    base = solo_baselines(runs, SoloRule())["pytest"]
+    assert base.cpu_demand == pytest.approx(0.9)  # on CPU + waiting for it
+    assert (base.pgfault_per_s, base.max_tasks) == (200.0, 2.0)
+
+
+def test_paired_baseline_wins_over_the_class_median() -> None:
+    solo = [record(1, duration=2.0), record(2, duration=4.0)]
+    base = solo_baselines(solo, SoloRule())
+    contended = record(3, duration=6.0, neighbours=1)
+    assert baseline_seconds(contended, base) == 3.0
+    contended.tags[PAIRED_BASELINE_TAG] = "2.5"
+    assert baseline_seconds(contended, base) == 2.5
+    assert baseline_seconds(record(4, cls="unknown"), base) is None
 
 
 def test_dataset_stores_tags_and_reloads(tmp_path: Path) -> None:
