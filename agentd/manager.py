@@ -130,6 +130,9 @@ class Manager:
         self._lock = threading.RLock()
         self._sessions: dict[str, Session] = {}
         self._tool_calls: dict[str, ToolCall] = {}  # running ones only
+        # Tool calls noticed running before the SDK's report: labelled from /proc until
+        # the report brings the agent's own label.
+        self._label_from_proc: set[str] = set()
         self._empty_since: dict[str, float] = {}
         # Empty tool-call groups made ahead of time, per session: creating a group costs
         # a mkdir in every hierarchy (5 on v1), which would otherwise sit on the
@@ -301,7 +304,15 @@ class Manager:
             if not tool_call.running:
                 raise FailedPreconditionError(f"tool call {tool_call_id!r} has ended")
             started = self._mark_started(tool_call, label, started_at)
-            if started:
+            if not started and tool_call.id in self._label_from_proc:
+                # Noticed first (the report came late): the agent's label wins over the
+                # command line read from /proc, which may be a shell or an interpreter.
+                self._label_from_proc.discard(tool_call.id)
+                if len(label) > 4096:
+                    raise InvalidArgumentError("label", "is longer than 4096 characters")
+                tool_call.intent = replace(tool_call.intent, label=label)
+                self.store.save_tool_call(tool_call)
+            elif started:
                 self.store.save_tool_call(tool_call)
         if started:
             self._publish(tool_call, "tool_call_begun")
@@ -332,6 +343,7 @@ class Manager:
             return  # still waiting
         label = b" ".join(argv).decode(errors="replace")[:4096]
         if self._mark_started(tool_call, label, None):
+            self._label_from_proc.add(tool_call.id)
             self.store.save_tool_call(tool_call)
             log.info("tool_call.start_noticed", tool_call=tool_call.id, label=label)
             self._publish(tool_call, "tool_call_begun")
@@ -711,6 +723,7 @@ class Manager:
         )
         tool_call.leftover_processes_killed = leftovers
         self._tool_calls.pop(tool_call.id, None)
+        self._label_from_proc.discard(tool_call.id)
         self._empty_since.pop(tool_call.id, None)
         if tool_call.waiting:
             # A launcher placed ahead that never got a command (its session closed, its

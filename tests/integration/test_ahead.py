@@ -212,3 +212,33 @@ def _not_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_a_start_noticed_before_the_report_keeps_the_agents_label(agentd, monkeypatch):
+    # The daemon may see a placed-ahead launcher running a command before the SDK's
+    # report arrives (here: the report is held back 3 s). It labels the tool call from
+    # /proc meanwhile; the report's label, the agent's own, must win once it lands.
+    monkeypatch.setattr("agentd.sdk.ahead.START_REPORT_DELAY_SECONDS", 3.0)
+    with (
+        agentd.client() as client,
+        agentd.client() as observer,
+        client.session("labels") as session,
+    ):
+        session.settle()
+        process = session.start(["/bin/sleep", "30"], label="agent: wait for the build")
+        pid = tool_call(observer, process.tool_call_id).launcher_pid
+        deadline = time.monotonic() + 5
+        while os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "sleep":
+            assert time.monotonic() < deadline, "the launcher never executed the command"
+            time.sleep(0.005)
+        observer.call("GetSession", pb.GetSessionRequest(session_id="labels"))  # notices
+        noticed = tool_call(observer, process.tool_call_id)
+        assert noticed.state == pb.TOOL_CALL_STATE_RUNNING
+        assert noticed.intent.label == "/bin/sleep 30"  # from /proc, before the report
+        reported = tool_call(client, process.tool_call_id)  # lands the start report
+        assert reported.intent.label == "agent: wait for the build"
+        process.kill()
+        process.wait()
+        ended = tool_call(client, process.tool_call_id)
+        assert ended.state == pb.TOOL_CALL_STATE_ENDED
+        assert ended.intent.label == "agent: wait for the build"
