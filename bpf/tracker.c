@@ -164,6 +164,8 @@ struct guard_event {
     s64 procs;
     u32 reason;         // G_*
     u32 action;         // signal sent (0: reported only)
+    u64 crossed_ns;     // bpf_ktime_get_boot_ns() when the bound was found crossed, before
+                        // the signal (h.ts is taken after it): the reaction, in the kernel
 };
 
 BPF_HASH(guard_limits, u64, struct guard_limit, MAX_GUARDS);
@@ -208,7 +210,7 @@ static __always_inline void fill(struct event *e, u32 type, u64 key, u32 pid) {
 #ifdef GUARD
 static __always_inline void guard_emit(u32 type, u64 key, u32 pid, s64 value, s64 limit,
                                        s64 session_value, s64 session_limit, s64 procs,
-                                       u32 reason, u32 action) {
+                                       u32 reason, u32 action, u64 crossed_ns) {
     struct guard_event *e = events.ringbuf_reserve(sizeof(struct guard_event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -223,6 +225,7 @@ static __always_inline void guard_emit(u32 type, u64 key, u32 pid, s64 value, s6
     e->procs = procs;
     e->reason = reason;
     e->action = action;
+    e->crossed_ns = crossed_ns;
     events.ringbuf_submit(e, 0);
     count(C_EMITTED);
 }
@@ -275,6 +278,7 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         reason |= G_SESSION;
     if (!reason)
         return;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 action = 0;
     if (lim->flags & GF_STOP_MEMORY) {
         bpf_send_signal(SIGSTOP_NR);
@@ -285,7 +289,7 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
     if ((before & reason) == reason)
         return;  // reported already; the daemon is deciding
     guard_emit(EV_GUARD, key, tgid, sum, lim->memory, session_sum, budget, st->procs, reason,
-               action);
+               action, crossed_ns);
 }
 
 // A watched process forked a process (not a thread); runs in the parent.
@@ -315,6 +319,7 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
     }
     if (!reason && !(lim->tripped & G_FORK_MASK))
         return;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 sig = guard_fork_signal(lim);
     if (sig) {
         bpf_send_signal(sig);
@@ -325,7 +330,7 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
     u64 before = __sync_fetch_and_or(&lim->tripped, (u64)reason);
     if ((before & reason) == reason)
         return;
-    guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig);
+    guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig, crossed_ns);
 }
 
 // A fork of a watched process failed. EAGAIN means the pids controller (or
@@ -350,6 +355,7 @@ static __always_inline int guard_fork_failed(long ret) {
     u64 refused = __sync_fetch_and_add(&st->refused, 1) + 1;
     if (!(lim->tripped & G_FORK_MASK) && (!lim->refused_max || refused <= lim->refused_max))
         return 0;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 sig = guard_fork_signal(lim);
     if (sig) {
         bpf_send_signal(sig);
@@ -358,7 +364,7 @@ static __always_inline int guard_fork_failed(long ret) {
     u64 before = __sync_fetch_and_or(&lim->tripped, (u64)G_PIDS_MAX);
     if (before & G_PIDS_MAX)
         return 0;
-    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig);
+    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig, crossed_ns);
     return 0;
 }
 
@@ -432,6 +438,7 @@ TRACEPOINT_PROBE(oom, mark_victim) {
     e->procs = 0;
     e->reason = 0;
     e->action = SIGKILL_NR;
+    e->crossed_ns = e->h.ts;
 #ifdef OOM_HAS_RSS
     unsigned short loc = args->data_loc_comm & 0xFFFF;
     bpf_probe_read_kernel_str(e->h.comm, sizeof(e->h.comm), (void *)args + loc);
