@@ -121,12 +121,14 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #define G_FORK_RATE 4    // forks faster than the token bucket allows
 #define G_PROCESSES 8    // more live processes than allowed
 #define G_PIDS_MAX 16    // forks refused with EAGAIN: it sits at its pids.max
+#define G_NODE 32        // the node's sum over the node budget of the tool call's class
 #define G_FORK_MASK (G_FORK_RATE | G_PROCESSES | G_PIDS_MAX)
 #define EAGAIN_NR 11
 // guard_limit.flags: what the kernel does on crossing, besides reporting.
 #define GF_STOP_MEMORY 1 // SIGSTOP the process whose allocation crossed
 #define GF_STOP_FORK 2   // SIGSTOP every process of the tool call that forks or execs
 #define GF_KILL_FORK 4   // SIGKILL them instead
+#define GF_CLASS_SHIFT 8 // bits 8-9: the priority class (node_budget index)
 #define SIGKILL_NR 9
 #define SIGSTOP_NR 19
 
@@ -172,6 +174,10 @@ BPF_HASH(guard_limits, u64, struct guard_limit, MAX_GUARDS);
 BPF_HASH(guard_state, u64, struct guard_state, MAX_GUARDS);
 BPF_HASH(session_budget, u64, s64, MAX_GUARDS);  // daemon: the session's bytes
 BPF_HASH(session_used, u64, s64, MAX_GUARDS);    // kernel: sum of its tool calls
+// The node: the sum over every guarded tool call (kernel), and per priority class the
+// sum over which a tool call of that class is stopped (daemon; 0 = never).
+BPF_ARRAY(node_used, s64, 1);
+BPF_ARRAY(node_budget, s64, 4);
 #endif
 
 BPF_HASH(procs, u32, struct proc_state, MAX_PROCS);
@@ -269,6 +275,11 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         if (b)
             budget = *b;
     }
+    u32 zero = 0;
+    s64 node_sum = 0;
+    s64 *node = node_used.lookup(&zero);
+    if (node)
+        node_sum = __sync_fetch_and_add(node, delta) + delta;
     if (delta < 0)
         return;
     u32 reason = 0;
@@ -276,6 +287,10 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         reason |= G_MEMORY;
     if (budget > 0 && session_sum > budget)
         reason |= G_SESSION;
+    u32 cls = (lim->flags >> GF_CLASS_SHIFT) & 3;
+    s64 *node_max = node_budget.lookup(&cls);
+    if (node_max && *node_max > 0 && node_sum > *node_max)
+        reason |= G_NODE;
     if (!reason)
         return;
     u64 crossed_ns = bpf_ktime_get_boot_ns();
@@ -405,6 +420,10 @@ static __always_inline void guard_exit(struct proc_state *ps) {
     if (!charged)
         return;
     __sync_fetch_and_add(&st->memory, -charged);
+    u32 zero = 0;
+    s64 *node = node_used.lookup(&zero);
+    if (node)
+        __sync_fetch_and_add(node, -charged);
     struct guard_limit *lim = guard_limits.lookup(&key);
     if (!lim || !lim->session)
         return;
