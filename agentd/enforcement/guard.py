@@ -38,12 +38,14 @@ from agentd.enforcement.maps import (
     G_NODE,
     G_PIDS_MAX,
     G_SESSION,
+    GF_CLASS_MASK,
     GF_CLASS_SHIFT,
     GF_KILL_FORK,
     GF_STOP_FORK,
     GF_STOP_MEMORY,
     GuardLimit,
     GuardMaps,
+    GuardState,
 )
 from agentd.enforcement.metrics import GUARD_ACTIONS, OOM_KILLS_ATTRIBUTED
 from agentd.events import Event, EventBus
@@ -74,6 +76,7 @@ class GuardSettings:
     #: The node's guarded sum over which tool calls of the normal and batch classes are
     #: stopped until there is room again (interactive ones never); 0 = no node bound.
     node_budget: int = 0
+    node_limit: int = 0  # the sessions group's memory limit (the node allocatable)
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -90,6 +93,8 @@ class _Guarded:
     ooms: int = 0
     intent: int = 0  # the intent's memory_max (limit may have been raised since)
     session_limit: int = 0  # the session group's memory limit, above session_budget
+    node_capped: bool = False  # continued past the node bound, within the node's limit
+    class_flags: int = 0  # its priority class in guard_limit.flags (GF_CLASS_MASK bits)
 
 
 class Guard:
@@ -181,8 +186,9 @@ class Guard:
             # limits.memory_max is the last grant (persisted), the intent what was asked.
             intent = tool_call.intent.resources.memory_max or limit.memory
             guarded = _Guarded(
-                tool_call, key, entry[0], budget, limit, intent=intent, session_limit=session_limit
-            )
+                tool_call, key, entry[0], budget, limit, intent=intent, session_limit=session_limit,
+                class_flags=flags & GF_CLASS_MASK,
+            )  # fmt: skip
             self._by_key[key] = guarded
             self._by_id[tool_call.id] = guarded
             self.maps.add_tool_call(key, limit, max(len(pids), 1))
@@ -279,7 +285,13 @@ class Guard:
                 g.tool_call.session_id: self._sessions.get(g.tool_call.session_id) for g in waiting
             }
         for session_id, entry in sessions.items():
-            mine = {g.tool_call.id: g for g in waiting if g.tool_call.session_id == session_id}
+            # Waits for the node's sake are not the session's: another session may end.
+            mine = {
+                g.tool_call.id: g
+                for g in waiting
+                if g.tool_call.session_id == session_id
+                and not (g.crossing is not None and _node_only(g.crossing))
+            }
             since = {i: g.stopped_since or 0.0 for i, g in mine.items()}
             victim = deadlocked(since, (entry[1] if entry else 0) - self._idle(session_id))
             if victim is not None:
@@ -288,27 +300,75 @@ class Guard:
         for guarded in waiting:
             self._decide_memory(guarded)
         self._node_deadlock(waiting)
+        self._uncap()
+
+    def _uncap(self) -> None:
+        """Tool calls continued past the node bound go back under it (their class and
+        own limit again) as soon as the node has room: the deadlock is over, and their
+        cap, computed then, would be stale."""
+        with self._lock:
+            capped = [g for g in self._by_key.values() if g.node_capped and not g.stopped_since]
+        if not capped or not self._node_room():
+            return
+        for guarded in capped:
+            guarded.node_capped = False
+            guarded.limit = replace(
+                guarded.limit,
+                memory=guarded.tool_call.limits.memory_max or 0,
+                flags=guarded.limit.flags | guarded.class_flags,
+            )
+            self.maps.set_limit(guarded.key, guarded.limit)
+            log.info("guard.node_uncapped", tool_call=guarded.tool_call.id)
 
     def _node_deadlock(self, waiting: list[_Guarded]) -> None:
         """Every guarded tool call stopped, some for the node's sake: none of them can
-        make room for the others. The one stopped first is continued (FIFO)."""
-        node_waiting = [
-            g
-            for g in waiting
-            if g.stopped_since is not None and g.crossing is not None and _node_only(g.crossing)
-        ]
-        if not node_waiting:
+        make room for the others. The one stopped first for the node is continued
+        (FIFO), capped at what the node's hard limit (the sessions group's) still holds,
+        so that it cannot bring on the node's OOM killer. When nothing is left under that
+        limit, the stopped tool call that holds least is killed, with the reason."""
+        stopped = [g for g in waiting if g.stopped_since is not None and g.crossing is not None]
+        if not any(g.crossing.reason & G_NODE or g.node_capped for g in stopped):  # type: ignore[union-attr]
             return
         with self._lock:
             guarded_count = len(self._by_key)
             sessions = {g.tool_call.session_id for g in self._by_key.values()}
-        stopped = sum(1 for g in waiting if g.stopped_since is not None)
         idle = sum(self._idle(s) for s in sessions)
-        if guarded_count - stopped - idle > 0:
+        if guarded_count - len(stopped) - idle > 0:
             return  # something still runs: it may end or shrink
-        first = min(node_waiting, key=lambda g: g.stopped_since or 0.0)
-        log.info("guard.node_deadlock", continued=first.tool_call.id, waiting=len(node_waiting))
-        self._decide_memory(first, give_up=True)
+        room = self._node_hard_room()
+        node_waiting = [g for g in stopped if _node_only(g.crossing)]  # type: ignore[arg-type]
+        if node_waiting and room > 0:
+            first = min(node_waiting, key=lambda g: g.stopped_since or 0.0)
+            log.info("guard.node_deadlock", continued=first.tool_call.id, room=room)
+            self._decide_node(first, first.crossing, give_up=True, cap=room)  # type: ignore[arg-type]
+            return
+        held = {g.key: (self.maps.state(g.key) or _NO_STATE).memory for g in stopped}
+        victim = min(stopped, key=lambda g: held[g.key])
+        log.info("guard.node_deadlock", killed=victim.tool_call.id, room=room)
+        record = victim.crossing
+        assert record is not None
+        comm, argv = self._process(victim, record.pid, record.comm)
+        victim.stopped_since = None
+        GUARD_ACTIONS.labels(kind="memory_kill").inc()
+        self._record(
+            victim,
+            feedback.node_killed(
+                self.maps.node_used(), self.settings.node_limit, held[victim.key], record.pid,
+                comm, argv,
+            ),
+        )  # fmt: skip
+        self._kill(victim.tool_call)
+
+    def _node_hard_room(self) -> int:
+        """What the sessions group's limit still holds, less a margin (min_grant of it)."""
+        limit = self.settings.node_limit
+        if not limit:
+            return 0
+        try:
+            charged = self.backend.usage("sessions").memory_current
+        except CgroupError:
+            return 0
+        return limit - charged - math.ceil(limit * self.settings.policy.min_grant)
 
     def _idle(self, session_id: str) -> int:
         """Guarded launchers of the session placed ahead that still wait for a command
@@ -357,7 +417,9 @@ class Guard:
         budget = self.settings.node_budget
         return self.maps.node_used() <= budget * (1 - self.settings.policy.min_grant)
 
-    def _decide_node(self, guarded: _Guarded, record: GuardRecord, give_up: bool) -> None:
+    def _decide_node(
+        self, guarded: _Guarded, record: GuardRecord, give_up: bool, cap: int = 0
+    ) -> None:
         """Stopped for the node's sake only: continue it (its own limit unchanged) once
         the node has room; wait otherwise, without a deadline: pausing low-priority work
         instead of killing it is the point. Given up (nothing else runs that could make
@@ -366,6 +428,18 @@ class Guard:
             return
         guarded.stopped_since = None
         comm, argv = self._process(guarded, record.pid, record.comm)
+        if give_up:
+            # Out of the node bound until it ends (class bits 0: no node budget), or it
+            # would stop again at its next page while the node is still over; its own
+            # bound capped at what the node's hard limit still holds.
+            st = self.maps.state(guarded.key)
+            memory = guarded.limit.memory
+            if cap and st is not None:
+                memory = min(memory or st.memory + cap, st.memory + cap)
+                guarded.node_capped = True
+            guarded.limit = replace(
+                guarded.limit, memory=memory, flags=guarded.limit.flags & ~GF_CLASS_MASK
+            )
         self.maps.set_limit(guarded.key, guarded.limit)  # clears the trip
         self._signal_group(guarded.tool_call, signal.SIGCONT)
         GUARD_ACTIONS.labels(kind="node_resume").inc()
@@ -408,6 +482,12 @@ class Guard:
         node_full = record.reason & G_NODE and not give_up and not self._node_room()
         if decision.verdict is Verdict.GRANT and node_full:
             return  # its own bound may grow, but the node has no room: wait
+        if decision.verdict is Verdict.GRANT and guarded.node_capped:
+            # Continued past the node bound: grants only within the node's hard limit.
+            room = self._node_hard_room()
+            if room < crossing.value * settings.min_grant:
+                return  # the node deadlock rule decides
+            decision = replace(decision, new_limit=min(decision.new_limit, crossing.value + room))
         comm, argv = self._process(guarded, record.pid, record.comm)
         tool_call = guarded.tool_call
         guarded.stopped_since = None
@@ -604,6 +684,9 @@ class Guard:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+
+_NO_STATE = GuardState(memory=0, peak=0, processes=0, forks=0, signals=0)
 
 
 def _node_only(record: GuardRecord) -> bool:

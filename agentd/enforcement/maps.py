@@ -25,6 +25,7 @@ GF_STOP_FORK = 2
 GF_KILL_FORK = 4
 #: guard_limit.flags bits 8-9: the tool call's priority class (its node_budget entry).
 GF_CLASS_SHIFT = 8
+GF_CLASS_MASK = 3 << GF_CLASS_SHIFT
 
 
 class TableSource(Protocol):

@@ -186,6 +186,35 @@ def test_batch_work_pauses_at_the_node_bound_instead_of_an_oom_kill(agentd):
         assert result.usage.oom_kills == 0 and more.usage.oom_kills == 0
 
 
+@pytest.mark.agentd_config(NODE_CONFIG)
+def test_two_batch_bursts_over_the_node_bound_take_turns_without_a_kill(agentd):
+    """Two batch tool calls of two sessions grow to 260M each at once: 520M, over the
+    node bound (480M) but under the node's limit (600M). Both are stopped at the bound;
+    with nothing else running, neither could make room for the other: the one stopped
+    first is continued within what the node's limit still holds, completes, and the
+    other follows. Nobody is OOM-killed or killed."""
+    with (
+        agentd.client() as client,
+        client.session("a", memory="600M", priority="batch") as a,
+        client.session("b", memory="600M", priority="batch") as b,
+    ):
+        require_guard(client)
+        first = a.start(grower(260), stdout=subprocess.DEVNULL)
+        second = b.start(grower(260), stdout=subprocess.DEVNULL)
+        results = [first.wait(timeout=60), second.wait(timeout=60)]
+        records = [
+            client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=r.tool_call_id))
+            for r in results
+        ]
+    assert [r.returncode for r in results] == [0, 0], results
+    assert all(r.usage.oom_kills == 0 for r in results)
+    actions = [(e.action, e.limit) for t in records for e in t.enforcements]
+    assert ("stopped", "node_memory") in actions, actions
+    assert ("killed", "node_memory") not in actions, actions
+    if "guard.node_deadlock" in agentd.logs():
+        assert '"continued"' in agentd.logs()
+
+
 FORK_CONFIG = (
     "[guard]\nfork_rate = 200\nfork_burst = 100\nmax_processes = 1000\nfork_refusals = 64\n"
 )
