@@ -100,25 +100,46 @@ def test_memory_over_intent_without_room_in_the_session_is_killed_with_a_reason(
         assert int(result.stdout.split()[-1]) < 400  # it never got there
 
 
-HOG = "import time; x = b'1' * (280 << 20); print('held', flush=True); time.sleep(2.0)"
+HOG = "import sys; x = b'1' * (280 << 20); print('held', flush=True); sys.stdin.readline()"
 
 
 @pytest.mark.agentd_config("[guard]\nwait_seconds = 20\n")
 def test_stopped_tool_call_resumes_when_a_sibling_frees_room(agentd):
     """The session is full because of a sibling; the grower waits stopped until the
     sibling ends, then gets its grant and completes. (The guard's 320M of the session's
-    400M are widened to what the session's charge leaves, ~370M, before it waits.)"""
+    400M are widened to what the session's charge leaves, ~370M, before it waits.) The
+    sibling ends only once the grower has been seen waiting: a loaded host may make the
+    grower slow, never the wait short."""
     with agentd.client() as client, client.session("share", memory="400M") as session:
         require_guard(client)
         hog = session.start(
             [sys.executable, "-c", HOG],
             memory="320M",
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         assert hog.popen.stdout.readline() == b"held\n"  # 280M of the guard's 320-370M
-        result = session.run(grower(160), memory="64M", capture_output=True, timeout=60)
+        grow = session.start(grower(160), memory="64M", stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            records = client.call(
+                "GetToolCall", pb.GetToolCallRequest(tool_call_id=grow.tool_call_id)
+            ).enforcements
+            if records and records[-1].action == "stopped":
+                time.sleep(0.5)
+                again = client.call(
+                    "GetToolCall", pb.GetToolCallRequest(tool_call_id=grow.tool_call_id)
+                ).enforcements
+                if len(again) == len(records):
+                    break  # waiting, not a grant on its way
+            time.sleep(0.05)
+        else:
+            pytest.fail("the grower never waited for room")
+        hog.popen.stdin.write(b"\n")
+        hog.popen.stdin.flush()
         hog.wait()
-        assert result.returncode == 0, result.stderr
+        result = grow.wait(timeout=60)
+        assert result.returncode == 0, result
         actions = [e.action for e in result.enforcements]
         assert "stopped" in actions and actions[-1] == "resumed", actions
         # One stop lasted until the hog ended (it waited for room), not a mere grant.
