@@ -128,6 +128,7 @@ class GuardConfig:
     max_processes: int  # 0 = unbounded
     fork_refusals: int  # forks refused by pids.max before the guard trips, 0 = never
     fork_action: str  # stop | kill
+    node_memory: bool  # stop normal/batch tool calls at the node's budget, in the kernel
 
 
 @dataclass(frozen=True)
@@ -490,6 +491,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "max_processes": (2048, _bound),
         "fork_refusals": (256, _bound),
         "fork_action": ("stop", _one_of(("stop", "kill"))),
+        "node_memory": (True, _bool),
     },
     "priorities": {
         "interactive_cpu_weight": (400, _weight),

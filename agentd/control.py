@@ -6,19 +6,23 @@ Both the scheduler-facing API (NodeService) and the pressure policy act through
 once per `min_interval_seconds`; a change asked sooner is refused with TooSoonError
 (FAILED_PRECONDITION with RetryInfo), never queued.
 
-What to restore on resume is not remembered here: it is the session's budget or
-the tool call's limits, which the manager keeps (and recovers after a restart), so
-a throttle or freeze survives a daemon restart and is still lifted correctly by
-Resume. Only the "who throttled it" flags are in memory; after a restart a frozen
-group is found from cgroupfs (`is_frozen`).
+State is kept per group and per actor (the `by` of each call: "pressure" for the
+pressure policy, the caller's name for NodeService): a *hold* says what that actor
+asked for (a CPU max, a memory high, frozen). The group gets the strictest of its
+holds: the lowest CPU max and memory high, frozen while any hold freezes it. A resume
+lifts only the resuming actor's hold, so a scheduler's freeze survives the pressure
+policy's resume and the other way round (docs/pressure.md). Holds are persisted in the
+state store: after a daemon restart a throttle is known again (cgroupfs alone cannot
+tell a throttle from a budget). What to restore when the last hold goes is not kept
+here: it is the session's budget or the tool call's limits, which the manager keeps.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -48,10 +52,34 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """What one actor asked of one group."""
+
+    cpu: float | None = None  # cores
+    memory_high: int | None = None  # bytes
+    frozen: bool = False
+
+    @property
+    def throttles(self) -> bool:
+        return self.cpu is not None or self.memory_high is not None
+
+
+def strictest(holds: Collection[Hold]) -> Hold:
+    """The effective state of a group under several holds."""
+    cpus = [h.cpu for h in holds if h.cpu is not None]
+    highs = [h.memory_high for h in holds if h.memory_high is not None]
+    return Hold(
+        cpu=min(cpus) if cpus else None,
+        memory_high=min(highs) if highs else None,
+        frozen=any(h.frozen for h in holds),
+    )
+
+
+@dataclass(frozen=True)
 class ControlResult:
     target: Target
     action: str  # "throttle", "freeze", "resume", "evict"
-    changed: bool  # False when the target already was in that state
+    changed: bool  # False when the caller's hold already was that (resume: had none)
     tool_calls_affected: int
 
 
@@ -72,22 +100,40 @@ class Control:
     ) -> None:
         self.manager = manager
         self.backend = manager.backend
+        self.store = manager.store
         self.min_interval_seconds = min_interval_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._last_write: dict[tuple[str, str], float] = {}  # (rel, knob) -> clock
-        self._throttled: dict[str, Resources] = {}  # rel -> what this module set
+        self._holds: dict[str, dict[str, Hold]] = {}  # rel -> actor -> hold
+        self._load()
+
+    def _load(self) -> None:
+        """The holds of a previous run, for the groups that still exist."""
+        for rel, actor, cpu, memory_high, frozen in self.store.holds():
+            if self.backend.exists(rel):
+                self._holds.setdefault(rel, {})[actor] = Hold(cpu, memory_high, frozen)
+            else:
+                self.store.forget_holds(rel)
+        if self._holds:
+            log.info("control.holds_recovered", groups=len(self._holds))
 
     # ---- queries ----------------------------------------------------------------
 
     def is_throttled(self, target: Target) -> bool:
-        return self._rel(target) in self._throttled
+        with self._lock:
+            return any(h.throttles for h in self._holds.get(self._rel(target), {}).values())
 
     def is_frozen(self, target: Target) -> bool:
         try:
             return self.backend.is_frozen(self._rel(target))
         except CgroupError:
             return False
+
+    def holds(self, target: Target) -> dict[str, Hold]:
+        """Who holds the group, and what each asked for."""
+        with self._lock:
+            return dict(self._holds.get(self._rel(target), {}))
 
     # ---- actions ----------------------------------------------------------------
 
@@ -99,8 +145,9 @@ class Control:
         memory_high: int | None = None,
         by: str = "api",
     ) -> ControlResult:
-        """Lower the group's CPU max (cores) and/or memory high (bytes); None leaves a
-        knob as it is. Never raises a limit above the group's normal one."""
+        """Lower the group's CPU max (cores) and/or memory high (bytes) on behalf of
+        `by`; None leaves that knob of its hold as it is. Never raises a limit above the
+        group's normal one; another actor's stricter hold stays in force."""
         if cpu_max is None and memory_high is None:
             raise InvalidArgumentError("cpu_max", "give cpu_max, memory_high or both")
         if cpu_max is not None and not cpu_max > 0:
@@ -113,18 +160,29 @@ class Control:
                 cpu_max = min(cpu_max, found.normal.cpu)
             if memory_high is not None and found.normal.memory_max is not None:
                 memory_high = min(memory_high, found.normal.memory_max)
-            current = self._throttled.get(found.rel, Resources())
-            wanted = Resources(
+            holds = self._holds.get(found.rel, {})
+            current = holds.get(by, Hold())
+            wanted = replace(
+                current,
                 cpu=cpu_max if cpu_max is not None else current.cpu,
                 memory_high=memory_high if memory_high is not None else current.memory_high,
             )
             if wanted == current:
                 return ControlResult(target, "throttle", False, found.tool_calls)
-            knobs = [k for k, v in (("cpu", cpu_max), ("memory_high", memory_high)) if v]
+            before = strictest(holds.values())
+            after = strictest([*(h for a, h in holds.items() if a != by), wanted])
+            knobs = [k for k in ("cpu", "memory_high") if getattr(after, k) != getattr(before, k)]
             self._check_interval(found.rel, knobs, target)
-            self._write(found.rel, GroupLimits(cpu_max_cores=cpu_max, memory_high=memory_high))
-            self._stamp(found.rel, knobs)
-            self._throttled[found.rel] = wanted
+            if knobs:
+                self._write(
+                    found.rel,
+                    GroupLimits(
+                        cpu_max_cores=after.cpu if "cpu" in knobs else None,
+                        memory_high=after.memory_high if "memory_high" in knobs else None,
+                    ),
+                )
+                self._stamp(found.rel, knobs)
+            self._set_hold(found.rel, by, wanted)
         details = {"by": by}
         if cpu_max is not None:
             details["cpu_max"] = f"{cpu_max:g}"
@@ -136,63 +194,87 @@ class Control:
     def freeze(self, caller: Caller, target: Target, by: str = "api") -> ControlResult:
         with self._lock:
             found = self._resolve(caller, target)
-            if self.backend.is_frozen(found.rel):
+            current = self._holds.get(found.rel, {}).get(by, Hold())
+            frozen = self.backend.is_frozen(found.rel)
+            if current.frozen and frozen:
                 return ControlResult(target, "freeze", False, found.tool_calls)
-            self._check_interval(found.rel, ["freeze"], target)
-            try:
-                self.backend.freeze(found.rel)
-            except CgroupError as e:
-                # A half-frozen group is worse than either state: thaw it again.
+            if not frozen:
+                self._check_interval(found.rel, ["freeze"], target)
                 try:
-                    self.backend.thaw(found.rel)
-                except CgroupError:
-                    log.warning("control.thaw_after_failed_freeze_failed", rel=found.rel)
-                raise UnavailableError(f"could not freeze {target.describe()}: {e}") from e
-            self._stamp(found.rel, ["freeze"])
+                    self.backend.freeze(found.rel)
+                except CgroupError as e:
+                    # A half-frozen group is worse than either state: thaw it again.
+                    try:
+                        self.backend.thaw(found.rel)
+                    except CgroupError:
+                        log.warning("control.thaw_after_failed_freeze_failed", rel=found.rel)
+                    raise UnavailableError(f"could not freeze {target.describe()}: {e}") from e
+                self._stamp(found.rel, ["freeze"])
+            self._set_hold(found.rel, by, replace(current, frozen=True))
         self._publish(target, found, "frozen", {"by": by})
         return ControlResult(target, "freeze", True, found.tool_calls)
 
     def resume(self, caller: Caller, target: Target, by: str = "api") -> ControlResult:
-        """Thaw the group and put back its normal cpu max and memory high.
+        """Lift `by`'s hold: the group gets the strictest of the holds left, or its
+        normal cpu max and memory high and thawed when none is left.
 
-        The normal limits are written even when no throttle is remembered: after a
-        daemon restart this module has forgotten what it throttled, and rewriting a
-        limit to the value it already has changes nothing.
+        A group nobody holds is resumed all the same (a freeze found in cgroupfs after
+        a restart from an older state, or written by hand): its normal limits are
+        written and it is thawed. Another actor's hold is never lifted.
         """
         with self._lock:
             found = self._resolve(caller, target)
+            holds = self._holds.get(found.rel, {})
+            mine = holds.get(by)
+            others = {a: h for a, h in holds.items() if a != by}
+            if mine is None and others:
+                return ControlResult(target, "resume", False, found.tool_calls)
             frozen = self.backend.is_frozen(found.rel)
-            throttled = found.rel in self._throttled
-            knobs = (["freeze"] if frozen else []) + (["cpu", "memory_high"] if throttled else [])
-            self._check_interval(found.rel, knobs, target)
+            before, after = strictest(holds.values()), strictest(others.values())
+            knobs = [k for k in ("cpu", "memory_high") if getattr(after, k) != getattr(before, k)]
+            thaw = frozen and not after.frozen
+            self._check_interval(found.rel, knobs + (["freeze"] if thaw else []), target)
             normal = found.normal
+            cpu = after.cpu if after.cpu is not None else normal.cpu
+            high = after.memory_high if after.memory_high is not None else normal.memory_high
+            # Nothing known (holds == {}): the normal limits are written anyway; rewriting
+            # a limit to the value it has changes nothing.
             self._write(
                 found.rel,
                 GroupLimits(
-                    cpu_max_cores=normal.cpu if normal.cpu is not None else UNLIMITED,
-                    memory_high=normal.memory_high if normal.memory_high is not None else UNLIMITED,
+                    cpu_max_cores=(cpu if cpu is not None else UNLIMITED)
+                    if "cpu" in knobs or not holds
+                    else None,
+                    memory_high=(high if high is not None else UNLIMITED)
+                    if "memory_high" in knobs or not holds
+                    else None,
                 ),
             )
-            self._throttled.pop(found.rel, None)
-            if frozen:
+            if thaw:
                 try:
                     self.backend.thaw(found.rel)
                 except CgroupError as e:
                     raise UnavailableError(f"could not thaw {target.describe()}: {e}") from e
-            self._stamp(found.rel, knobs)
-        if not knobs:
+            self._stamp(found.rel, knobs + (["freeze"] if thaw else []))
+            if mine is not None:
+                self._drop_hold(found.rel, by)
+        if mine is None and not thaw:
             return ControlResult(target, "resume", False, found.tool_calls)
-        self._publish(target, found, "resumed", {"by": by})
+        details = {"by": by}
+        if others:
+            details["still_held_by"] = ",".join(sorted(others))
+        self._publish(target, found, "resumed", details)
         return ControlResult(target, "resume", True, found.tool_calls)
 
     def evict(
         self, caller: Caller, target: Target, reason: str = "", by: str = "api"
     ) -> ControlResult:
         """Kill a tool call's processes (its SDK reports the SIGKILL as its result), or
-        close a session: every tool call killed, its groups removed."""
+        close a session: every tool call killed, its groups removed. Every hold on the
+        target goes with it."""
         with self._lock:
             found = self._resolve(caller, target)
-            self._throttled.pop(found.rel, None)
+            self._drop_holds_under(found.rel)
         if target.tool_call_id:
             self.manager.kill_tool_call(caller, target.tool_call_id, 9)
         else:
@@ -201,12 +283,30 @@ class Control:
         return ControlResult(target, "evict", True, found.tool_calls)
 
     def forget(self, target: Target) -> None:
-        """Drop what is remembered about a group that is gone."""
+        """Drop what is remembered about a group that is gone (and its children)."""
         with self._lock:
             rel = self._rel(target)
-            self._throttled.pop(rel, None)
+            self._drop_holds_under(rel)
             for key in [k for k in self._last_write if k[0] == rel]:
                 del self._last_write[key]
+
+    # ---- holds ------------------------------------------------------------------
+
+    def _set_hold(self, rel: str, actor: str, hold: Hold) -> None:
+        self._holds.setdefault(rel, {})[actor] = hold
+        self.store.save_hold(rel, actor, hold.cpu, hold.memory_high, hold.frozen)
+
+    def _drop_hold(self, rel: str, actor: str) -> None:
+        holds = self._holds.get(rel, {})
+        holds.pop(actor, None)
+        if not holds:
+            self._holds.pop(rel, None)
+        self.store.forget_holds(rel, actor)
+
+    def _drop_holds_under(self, rel: str) -> None:
+        for held in [r for r in self._holds if r == rel or r.startswith(rel + "/")]:
+            del self._holds[held]
+            self.store.forget_holds(held)
 
     # ---- helpers ----------------------------------------------------------------
 
@@ -217,6 +317,14 @@ class Control:
         return f"sessions/{target.session_id}"
 
     def _resolve(self, caller: Caller, target: Target) -> _Resolved:
+        try:
+            return self._find(caller, target)
+        except NotFoundError:
+            if target.session_id and self._rel(target) in self._holds:
+                self._drop_holds_under(self._rel(target))
+            raise
+
+    def _find(self, caller: Caller, target: Target) -> _Resolved:
         if not target.session_id:
             raise InvalidArgumentError("target.session_id", "is required")
         session = self.manager.get_session(caller, target.session_id)

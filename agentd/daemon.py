@@ -49,7 +49,7 @@ from agentd.log import configure_logging
 from agentd.manager import Caller, Manager, NodeLimits
 from agentd.metrics import build_collector
 from agentd.metrics.window import NodeWindow
-from agentd.model import Resources
+from agentd.model import Resources, ToolCall
 from agentd.observability.endpoint import MetricsEndpoint
 from agentd.predictor import load_predictor
 from agentd.predictor.placement import PlacementPredictor
@@ -121,7 +121,12 @@ def start_tracker(prefer: str, process_usage: bool = True, guard: bool = False) 
 
 
 def start_guard(
-    cfg: GuardConfig, tracker: Tracker | None, backend: CgroupBackend, bus: EventBus
+    cfg: GuardConfig,
+    tracker: Tracker | None,
+    backend: CgroupBackend,
+    bus: EventBus,
+    persist: Callable[[ToolCall], None] | None = None,
+    allocatable_memory: int = 0,
 ) -> Guard | None:
     """The in-kernel guards, when enabled and the eBPF source carries them; otherwise
     the cgroup limits alone enforce (logged)."""
@@ -139,10 +144,14 @@ def start_guard(
         max_processes=cfg.max_processes,
         fork_refusals=cfg.fork_refusals,
         fork_action=cfg.fork_action,
+        # The sessions group's limit is the allocatable: the node bound keeps the same
+        # headroom below it as a session's guard budget below the session's limit.
+        node_budget=int(allocatable_memory / (1 + cfg.memory_headroom)) if cfg.node_memory else 0,
+        node_limit=allocatable_memory if cfg.node_memory else 0,
         policy=PolicySettings(grant_step=cfg.grant_step, wait_seconds=cfg.wait_seconds),
     )
     assert tracker is not None
-    guard = Guard(settings, GuardMaps(source), tracker, backend, bus)
+    guard = Guard(settings, GuardMaps(source), tracker, backend, bus, persist)
     source.on_guard = guard.on_record
     guard.start()
     log.info("guard.started", **{k: v for k, v in vars(cfg).items() if k != "enabled"})
@@ -256,7 +265,9 @@ class Daemon:
         bus = EventBus(history=cfg.api.event_history)
         priorities = PriorityTable.from_config(cfg.priorities)
         manager = Manager(backend, store, node, tracker=tracker, bus=bus, priorities=priorities)
-        manager.guard = start_guard(cfg.guard, tracker, backend, bus)
+        manager.guard = start_guard(
+            cfg.guard, tracker, backend, bus, store.save_tool_call, node.allocatable_memory
+        )
         recovered = manager.recover()
         # Interference metrics and the dataset (docs/metrics.md); the predictor reads
         # the collector's node window (self.collector.node_window()).

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentd.model import ExitStatus, Intent, Priority, Resources, Session, ToolCall, Usage
+from agentd.model import (
+    Enforcement,
+    ExitStatus,
+    Intent,
+    Priority,
+    Resources,
+    Session,
+    ToolCall,
+    Usage,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -44,6 +53,16 @@ CREATE TABLE IF NOT EXISTS process_trees (
     session_id TEXT NOT NULL,
     ended_at REAL NOT NULL,
     tree TEXT NOT NULL
+);
+-- Who holds a group throttled or frozen (agentd/control.py): one row per group and
+-- actor, so that a restarted daemon lifts each hold only when its own actor resumes.
+CREATE TABLE IF NOT EXISTS control_holds (
+    rel TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    cpu REAL,
+    memory_high INTEGER,
+    frozen INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (rel, actor)
 );
 CREATE INDEX IF NOT EXISTS process_trees_age ON process_trees (ended_at);
 CREATE INDEX IF NOT EXISTS tool_calls_open ON tool_calls (ended_at) WHERE ended_at IS NULL;
@@ -86,6 +105,13 @@ class Store:
         # corrupts; the cgroup tree lets recovery find tool calls the DB missed.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since the first schema, added to a database that lacks them."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tool_calls)")}
+        if "enforcements" not in columns:
+            self._db.execute("ALTER TABLE tool_calls ADD COLUMN enforcements TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -109,7 +135,9 @@ class Store:
     def save_tool_call(self, t: ToolCall) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO tool_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tool_calls (id, session_id, owner_uid, intent, limits, "
+                "started_at, launcher_pid, ended_at, exit, usage, leftover_killed, enforcements) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     t.id,
                     t.session_id,
@@ -123,6 +151,7 @@ class Store:
                     json.dumps(vars(t.exit)),
                     json.dumps(vars(t.usage)),
                     t.leftover_processes_killed,
+                    json.dumps([vars(e) for e in t.enforcements]) if t.enforcements else None,
                 ),
             )
 
@@ -222,4 +251,38 @@ class Store:
             usage=Usage(**json.loads(row[9])) if row[9] else Usage(),
             leftover_processes_killed=row[10],
             waiting=json.loads(row[3]).get("waiting_for_command", False),
+            enforcements=_enforcements(row[11]),
         )
+
+    # ---- control holds (agentd/control.py) ------------------------------------------
+
+    def save_hold(
+        self, rel: str, actor: str, cpu: float | None, memory_high: int | None, frozen: bool
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO control_holds VALUES (?, ?, ?, ?, ?)",
+                (rel, actor, cpu, memory_high, int(frozen)),
+            )
+
+    def forget_holds(self, rel: str, actor: str | None = None) -> None:
+        """One actor's hold on `rel`, or every hold on it (actor None)."""
+        with self._lock:
+            if actor is None:
+                self._db.execute("DELETE FROM control_holds WHERE rel = ?", (rel,))
+            else:
+                self._db.execute(
+                    "DELETE FROM control_holds WHERE rel = ? AND actor = ?", (rel, actor)
+                )
+
+    def holds(self) -> list[tuple[str, str, float | None, int | None, bool]]:
+        """(rel, actor, cpu, memory_high, frozen) of every hold."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM control_holds").fetchall()
+        return [(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+
+def _enforcements(text: str | None) -> list[Enforcement]:
+    if not text:
+        return []
+    return [Enforcement(**{**e, "argv": tuple(e["argv"])}) for e in json.loads(text)]

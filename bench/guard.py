@@ -109,15 +109,24 @@ def guard_reaction(source: EbpfSource, maps: GuardMaps, key: int, limit: int, st
         maps.remove_tool_call(key)
 
 
+def poll_and_stop(pid: int, limit: int, interval: float = 0.1) -> int:
+    """The user-space alternative: read the process's private bytes every `interval`,
+    SIGSTOP it once over `limit`; returns when it is stopped, with the CLOCK_BOOTTIME
+    (the guard records' clock) of the SIGSTOP in ns."""
+    while private_bytes(pid) <= limit:
+        time.sleep(interval)
+    sent_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    os.kill(pid, signal.SIGSTOP)
+    while not stopped(pid):
+        time.sleep(0.001)
+    return sent_ns
+
+
 def poll_reaction(limit: int, step: int, interval: float = 0.1) -> int:
     p = spawn(GROWER, str(step))
     try:
         go(p)
-        while private_bytes(p.pid) <= limit:
-            time.sleep(interval)
-        os.kill(p.pid, signal.SIGSTOP)
-        while not stopped(p.pid):
-            time.sleep(0.001)
+        poll_and_stop(p.pid, limit, interval)
         return private_bytes(p.pid) - limit
     finally:
         end(p)

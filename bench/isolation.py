@@ -169,7 +169,8 @@ def to_steps(
 def strategy_config(strategy: str, total: int, budget: int) -> str:
     node = f"[node]\nreserved_memory = {total - budget}\n"
     if strategy != "agentd":
-        return node + "[pressure]\nenabled = false\n"
+        # The baselines are the cgroup limits alone: no policy, no in-kernel guard.
+        return node + "[pressure]\nenabled = false\n[guard]\nenabled = false\n"
     # Node PSI is off here: the machine is shared and other people's load is not this
     # bench's pressure; agentd's own usage against the budget (and v2 group PSI) is.
     return node + (

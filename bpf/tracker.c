@@ -121,12 +121,14 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #define G_FORK_RATE 4    // forks faster than the token bucket allows
 #define G_PROCESSES 8    // more live processes than allowed
 #define G_PIDS_MAX 16    // forks refused with EAGAIN: it sits at its pids.max
+#define G_NODE 32        // the node's sum over the node budget of the tool call's class
 #define G_FORK_MASK (G_FORK_RATE | G_PROCESSES | G_PIDS_MAX)
 #define EAGAIN_NR 11
 // guard_limit.flags: what the kernel does on crossing, besides reporting.
 #define GF_STOP_MEMORY 1 // SIGSTOP the process whose allocation crossed
 #define GF_STOP_FORK 2   // SIGSTOP every process of the tool call that forks or execs
 #define GF_KILL_FORK 4   // SIGKILL them instead
+#define GF_CLASS_SHIFT 8 // bits 8-9: the priority class (node_budget index)
 #define SIGKILL_NR 9
 #define SIGSTOP_NR 19
 
@@ -164,12 +166,18 @@ struct guard_event {
     s64 procs;
     u32 reason;         // G_*
     u32 action;         // signal sent (0: reported only)
+    u64 crossed_ns;     // bpf_ktime_get_boot_ns() when the bound was found crossed, before
+                        // the signal (h.ts is taken after it): the reaction, in the kernel
 };
 
 BPF_HASH(guard_limits, u64, struct guard_limit, MAX_GUARDS);
 BPF_HASH(guard_state, u64, struct guard_state, MAX_GUARDS);
 BPF_HASH(session_budget, u64, s64, MAX_GUARDS);  // daemon: the session's bytes
 BPF_HASH(session_used, u64, s64, MAX_GUARDS);    // kernel: sum of its tool calls
+// The node: the sum over every guarded tool call (kernel), and per priority class the
+// sum over which a tool call of that class is stopped (daemon; 0 = never).
+BPF_ARRAY(node_used, s64, 1);
+BPF_ARRAY(node_budget, s64, 4);
 #endif
 
 BPF_HASH(procs, u32, struct proc_state, MAX_PROCS);
@@ -208,7 +216,7 @@ static __always_inline void fill(struct event *e, u32 type, u64 key, u32 pid) {
 #ifdef GUARD
 static __always_inline void guard_emit(u32 type, u64 key, u32 pid, s64 value, s64 limit,
                                        s64 session_value, s64 session_limit, s64 procs,
-                                       u32 reason, u32 action) {
+                                       u32 reason, u32 action, u64 crossed_ns) {
     struct guard_event *e = events.ringbuf_reserve(sizeof(struct guard_event));
     if (!e) {
         count(C_RINGBUF_LOST);
@@ -223,6 +231,7 @@ static __always_inline void guard_emit(u32 type, u64 key, u32 pid, s64 value, s6
     e->procs = procs;
     e->reason = reason;
     e->action = action;
+    e->crossed_ns = crossed_ns;
     events.ringbuf_submit(e, 0);
     count(C_EMITTED);
 }
@@ -266,6 +275,11 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         if (b)
             budget = *b;
     }
+    u32 zero = 0;
+    s64 node_sum = 0;
+    s64 *node = node_used.lookup(&zero);
+    if (node)
+        node_sum = __sync_fetch_and_add(node, delta) + delta;
     if (delta < 0)
         return;
     u32 reason = 0;
@@ -273,8 +287,13 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         reason |= G_MEMORY;
     if (budget > 0 && session_sum > budget)
         reason |= G_SESSION;
+    u32 cls = (lim->flags >> GF_CLASS_SHIFT) & 3;
+    s64 *node_max = node_budget.lookup(&cls);
+    if (node_max && *node_max > 0 && node_sum > *node_max)
+        reason |= G_NODE;
     if (!reason)
         return;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 action = 0;
     if (lim->flags & GF_STOP_MEMORY) {
         bpf_send_signal(SIGSTOP_NR);
@@ -285,7 +304,7 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
     if ((before & reason) == reason)
         return;  // reported already; the daemon is deciding
     guard_emit(EV_GUARD, key, tgid, sum, lim->memory, session_sum, budget, st->procs, reason,
-               action);
+               action, crossed_ns);
 }
 
 // A watched process forked a process (not a thread); runs in the parent.
@@ -315,6 +334,7 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
     }
     if (!reason && !(lim->tripped & G_FORK_MASK))
         return;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 sig = guard_fork_signal(lim);
     if (sig) {
         bpf_send_signal(sig);
@@ -325,7 +345,7 @@ static __always_inline void guard_fork(u64 key, u32 ptgid) {
     u64 before = __sync_fetch_and_or(&lim->tripped, (u64)reason);
     if ((before & reason) == reason)
         return;
-    guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig);
+    guard_emit(EV_GUARD, key, ptgid, forks, lim->max_procs, 0, 0, procs, reason, sig, crossed_ns);
 }
 
 // A fork of a watched process failed. EAGAIN means the pids controller (or
@@ -350,6 +370,7 @@ static __always_inline int guard_fork_failed(long ret) {
     u64 refused = __sync_fetch_and_add(&st->refused, 1) + 1;
     if (!(lim->tripped & G_FORK_MASK) && (!lim->refused_max || refused <= lim->refused_max))
         return 0;
+    u64 crossed_ns = bpf_ktime_get_boot_ns();
     u32 sig = guard_fork_signal(lim);
     if (sig) {
         bpf_send_signal(sig);
@@ -358,7 +379,7 @@ static __always_inline int guard_fork_failed(long ret) {
     u64 before = __sync_fetch_and_or(&lim->tripped, (u64)G_PIDS_MAX);
     if (before & G_PIDS_MAX)
         return 0;
-    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig);
+    guard_emit(EV_GUARD, key, tgid, refused, 0, 0, 0, st->procs, G_PIDS_MAX, sig, crossed_ns);
     return 0;
 }
 
@@ -399,6 +420,10 @@ static __always_inline void guard_exit(struct proc_state *ps) {
     if (!charged)
         return;
     __sync_fetch_and_add(&st->memory, -charged);
+    u32 zero = 0;
+    s64 *node = node_used.lookup(&zero);
+    if (node)
+        __sync_fetch_and_add(node, -charged);
     struct guard_limit *lim = guard_limits.lookup(&key);
     if (!lim || !lim->session)
         return;
@@ -432,6 +457,7 @@ TRACEPOINT_PROBE(oom, mark_victim) {
     e->procs = 0;
     e->reason = 0;
     e->action = SIGKILL_NR;
+    e->crossed_ns = e->h.ts;
 #ifdef OOM_HAS_RSS
     unsigned short loc = args->data_loc_comm & 0xFFFF;
     bpf_probe_read_kernel_str(e->h.comm, sizeof(e->h.comm), (void *)args + loc);

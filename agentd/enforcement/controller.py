@@ -36,6 +36,8 @@ from agentd.model import Resources
 log = structlog.get_logger("agentd.pressure")
 
 ROOT = Caller(uid=0, gid=0, pid=0)
+#: The actor name of the policy's holds in Control.
+BY = "pressure"
 
 PRESSURE_LEVEL = Gauge(
     "agentd_pressure_ladder_steps",
@@ -116,12 +118,12 @@ class PressureController:
                     target,
                     cpu_max=limits.cpu_max_cores,
                     memory_high=limits.memory_high,
-                    by="pressure",
+                    by=BY,
                 )
             elif action.kind == "freeze":
-                self.control.freeze(ROOT, target, by="pressure")
+                self.control.freeze(ROOT, target, by=BY)
             else:
-                self.control.resume(ROOT, target, by="pressure")
+                self.control.resume(ROOT, target, by=BY)
         except NotFoundError:
             self.policy.forget(action.session_id)
             PRESSURE_ACTIONS.labels(action.kind, "gone").inc()
@@ -154,20 +156,28 @@ class PressureController:
     # ---- the loop ---------------------------------------------------------------
 
     def adopt_frozen(self, now: float | None = None) -> int:
-        """After a restart: sessions of a throttleable class found frozen are taken back
-        into the policy's state, so that they are resumed when the pressure is gone.
-        (A throttle without a freeze cannot be told apart from a budget here: it stays
-        until resumed through the API.)"""
+        """After a restart: sessions the policy held (Control's persisted holds by
+        "pressure": throttled or frozen) are taken back into its state, so that they are
+        resumed when the pressure is gone. A session found frozen that nobody is known to
+        hold (a state from before holds were kept) is adopted as the policy's freeze."""
         now = time.monotonic() if now is None else now
         adopted = 0
         for session in self.manager.list_sessions(ROOT):
-            if self.priorities.throttleable(session.priority) and self.control.is_frozen(
-                Target(session.id)
-            ):
-                self.policy.adopt(now, session.id, session.priority, Status.FROZEN)
-                adopted += 1
+            if not self.priorities.throttleable(session.priority):
+                continue
+            target = Target(session.id)
+            holds = self.control.holds(target)
+            mine = holds.get(BY)
+            if mine is not None and (mine.frozen or mine.throttles):
+                status = Status.FROZEN if mine.frozen else Status.THROTTLED
+            elif not holds and self.control.is_frozen(target):
+                status = Status.FROZEN
+            else:
+                continue
+            self.policy.adopt(now, session.id, session.priority, status)
+            adopted += 1
         if adopted:
-            log.info("pressure.adopted_frozen", sessions=adopted, state=self.policy.state)
+            log.info("pressure.adopted", sessions=adopted, state=self.policy.state)
         return adopted
 
     def start(self) -> None:

@@ -85,6 +85,45 @@ def memory_killed(
     )  # fmt: skip
 
 
+def node_paused(
+    node_used: int, node_budget: int, pid: int, comm: str, argv: tuple[str, ...]
+) -> Enforcement:
+    return Enforcement(
+        action="stopped", limit="node_memory", limit_value=node_budget, value=node_used,
+        unit="bytes", pid=pid, comm=comm, argv=argv, time=time.time(),
+        suggestion=(
+            f"node memory {_fig(node_used)} over {_mb(node_budget)}, the bound for work "
+            "below interactive priority: paused until there is room; nothing to do, or "
+            "run it when the node is less busy"
+        ),
+    )  # fmt: skip
+
+
+def node_resumed(
+    node_used: int, node_budget: int, pid: int, comm: str, argv: tuple[str, ...]
+) -> Enforcement:
+    return Enforcement(
+        action="resumed", limit="node_memory", limit_value=node_budget, value=node_used,
+        unit="bytes", pid=pid, comm=comm, argv=argv, time=time.time(),
+        suggestion=f"node memory {_fig(node_used)} of {_mb(node_budget)}: resumed",
+    )  # fmt: skip
+
+
+def node_killed(
+    node_used: int, node_limit: int, held: int, pid: int, comm: str, argv: tuple[str, ...]
+) -> Enforcement:
+    return Enforcement(
+        action="killed", limit="node_memory", limit_value=node_limit, value=node_used,
+        unit="bytes", pid=pid, comm=comm, argv=argv, time=time.time(),
+        suggestion=(
+            f"node memory {_fig(node_used)} of {_mb(node_limit)}: every tool call was "
+            f"stopped waiting for room and none could go on without the node's OOM killer; "
+            f"this one held least ({_fig(held)}) and was killed: run it again when the node "
+            "is less busy"
+        ),
+    )  # fmt: skip
+
+
 def memory_reported(
     value: int, limit: int, pid: int, comm: str, argv: tuple[str, ...]
 ) -> Enforcement:

@@ -16,6 +16,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -34,24 +35,30 @@ from agentd.enforcement.maps import (
     G_FORK_MASK,
     G_FORK_RATE,
     G_MEMORY,
+    G_NODE,
     G_PIDS_MAX,
     G_SESSION,
+    GF_CLASS_MASK,
+    GF_CLASS_SHIFT,
     GF_KILL_FORK,
     GF_STOP_FORK,
     GF_STOP_MEMORY,
     GuardLimit,
     GuardMaps,
+    GuardState,
 )
 from agentd.enforcement.metrics import GUARD_ACTIONS, OOM_KILLS_ATTRIBUTED
 from agentd.events import Event, EventBus
 from agentd.manager import LAUNCHER_NAME
-from agentd.model import Enforcement, Session, ToolCall
+from agentd.model import Enforcement, Priority, Session, ToolCall
 from agentd.tracking.events import GuardRecord
 from agentd.tracking.tracker import Tracker
 
 log = structlog.get_logger("agentd.guard")
 
 TICK_SECONDS = 0.1
+#: Enforcement `limit` names of the memory guard, and the kernel's reason bit for each.
+MEMORY_LIMITS = {"memory": G_MEMORY, "session_memory": G_SESSION, "node_memory": G_NODE}
 #: How long EndToolCall waits for the kernel's OOM record when memory.oom_control /
 #: memory.events counted a kill the guard has not attributed yet.
 OOM_RECORD_WAIT_SECONDS = 0.5
@@ -66,6 +73,10 @@ class GuardSettings:
     max_processes: int = 2048  # live processes per tool call (0 = unbounded)
     fork_refusals: int = 256  # forks refused at pids.max before it trips (0 = never)
     fork_action: str = "stop"  # "stop" or "kill" the processes that fork once tripped
+    #: The node's guarded sum over which tool calls of the normal and batch classes are
+    #: stopped until there is room again (interactive ones never); 0 = no node bound.
+    node_budget: int = 0
+    node_limit: int = 0  # the sessions group's memory limit (the node allocatable)
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -81,6 +92,9 @@ class _Guarded:
     crossing: GuardRecord | None = None
     ooms: int = 0
     intent: int = 0  # the intent's memory_max (limit may have been raised since)
+    session_limit: int = 0  # the session group's memory limit, above session_budget
+    node_capped: bool = False  # continued past the node bound, within the node's limit
+    class_flags: int = 0  # its priority class in guard_limit.flags (GF_CLASS_MASK bits)
 
 
 class Guard:
@@ -91,8 +105,12 @@ class Guard:
         tracker: Tracker,
         backend: CgroupBackend,
         bus: EventBus,
+        persist: Callable[[ToolCall], None] | None = None,
     ) -> None:
+        """`persist`: saves a tool call whose limits or enforcement records changed (the
+        state store), so that a restarted daemon knows its grants and records."""
         self.settings = settings
+        self.persist = persist
         self.maps = maps
         self.tracker = tracker
         self.backend = backend
@@ -101,6 +119,7 @@ class Guard:
         self._by_key: dict[int, _Guarded] = {}
         self._by_id: dict[str, _Guarded] = {}
         self._sessions: dict[str, list[int]] = {}  # session id -> [key, guarded tool calls]
+        self._widened: dict[str, int] = {}  # session id -> its guard budget, widened
         self._session_keys = iter(range(1, 2**63))
         self._records: queue.SimpleQueue[GuardRecord] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -109,6 +128,9 @@ class Guard:
     # ---- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        for priority in Priority:
+            exempt = priority is Priority.INTERACTIVE or self.settings.memory_action != "stop"
+            self.maps.set_node_budget(int(priority), 0 if exempt else self.settings.node_budget)
         self._thread = threading.Thread(target=self._run, name="agentd-guard", daemon=True)
         self._thread.start()
 
@@ -138,13 +160,15 @@ class Guard:
         s = self.settings
         flags = GF_STOP_MEMORY if s.memory_action == "stop" else 0
         flags |= GF_KILL_FORK if s.fork_action == "kill" else GF_STOP_FORK
-        budget = session.budget.memory_max or 0
+        flags |= int(tool_call.intent.priority or session.priority) << GF_CLASS_SHIFT
+        budget = session_limit = session.budget.memory_max or 0
         if s.memory_action == "stop":
             # The session's cgroup limit is its budget and charges page cache and kernel
             # memory too: the guard stops its tool calls while there is still that much
             # headroom, so that it acts before the session's OOM killer.
             budget = math.floor(budget / (1 + s.memory_headroom))
         with self._lock:
+            budget = max(budget, self._widened.get(session.id, 0))
             entry = self._sessions.get(session.id)
             if entry is None:
                 entry = self._sessions[session.id] = [next(self._session_keys), 0]
@@ -159,10 +183,32 @@ class Guard:
                 fork_refusals=s.fork_refusals,
                 flags=flags,
             )
-            guarded = _Guarded(tool_call, key, entry[0], budget, limit, intent=limit.memory)
+            # limits.memory_max is the last grant (persisted), the intent what was asked.
+            intent = tool_call.intent.resources.memory_max or limit.memory
+            guarded = _Guarded(
+                tool_call, key, entry[0], budget, limit, intent=intent, session_limit=session_limit,
+                class_flags=flags & GF_CLASS_MASK,
+            )  # fmt: skip
             self._by_key[key] = guarded
             self._by_id[tool_call.id] = guarded
             self.maps.add_tool_call(key, limit, max(len(pids), 1))
+            self._resume_deciding(guarded)
+
+    def _resume_deciding(self, guarded: _Guarded) -> None:
+        """A tool call the guard had stopped when the daemon went down (its last record
+        says "stopped"): its processes are still stopped and nobody would continue
+        them. Decide again, as if it had just crossed (grant, wait or kill)."""
+        records = guarded.tool_call.enforcements
+        last = records[-1] if records else None
+        if last is None or last.action != "stopped" or last.limit not in MEMORY_LIMITS:
+            return
+        guarded.crossing = GuardRecord(
+            kind="guard", key=guarded.key, pid=last.pid, time_ns=0, comm=last.comm,
+            value=last.value, limit=last.limit_value, session_value=0, session_limit=0,
+            processes=0, reason=MEMORY_LIMITS[last.limit], action=signal.SIGSTOP,
+        )  # fmt: skip
+        guarded.stopped_since = time.monotonic()
+        log.info("guard.stopped_before_restart", tool_call=guarded.tool_call.id, pid=last.pid)
 
     def end(self, tool_call: ToolCall, oom_kills: int = 0) -> None:
         """The tool call ended (its processes are gone): forget it in the kernel. If the
@@ -184,6 +230,7 @@ class Guard:
                 if entry[1] <= 0:
                     self.maps.remove_session(entry[0])
                     del self._sessions[tool_call.session_id]
+                    self._widened.pop(tool_call.session_id, None)
 
     def state(self, tool_call_id: str) -> dict[str, int] | None:
         """The kernel's figures for a guarded tool call (tests, agentctl)."""
@@ -238,7 +285,13 @@ class Guard:
                 g.tool_call.session_id: self._sessions.get(g.tool_call.session_id) for g in waiting
             }
         for session_id, entry in sessions.items():
-            mine = {g.tool_call.id: g for g in waiting if g.tool_call.session_id == session_id}
+            # Waits for the node's sake are not the session's: another session may end.
+            mine = {
+                g.tool_call.id: g
+                for g in waiting
+                if g.tool_call.session_id == session_id
+                and not (g.crossing is not None and _node_only(g.crossing))
+            }
             since = {i: g.stopped_since or 0.0 for i, g in mine.items()}
             victim = deadlocked(since, (entry[1] if entry else 0) - self._idle(session_id))
             if victim is not None:
@@ -246,6 +299,76 @@ class Guard:
                 self._decide_memory(mine[victim], give_up=True)
         for guarded in waiting:
             self._decide_memory(guarded)
+        self._node_deadlock(waiting)
+        self._uncap()
+
+    def _uncap(self) -> None:
+        """Tool calls continued past the node bound go back under it (their class and
+        own limit again) as soon as the node has room: the deadlock is over, and their
+        cap, computed then, would be stale."""
+        with self._lock:
+            capped = [g for g in self._by_key.values() if g.node_capped and not g.stopped_since]
+        if not capped or not self._node_room():
+            return
+        for guarded in capped:
+            guarded.node_capped = False
+            guarded.limit = replace(
+                guarded.limit,
+                memory=guarded.tool_call.limits.memory_max or 0,
+                flags=guarded.limit.flags | guarded.class_flags,
+            )
+            self.maps.set_limit(guarded.key, guarded.limit)
+            log.info("guard.node_uncapped", tool_call=guarded.tool_call.id)
+
+    def _node_deadlock(self, waiting: list[_Guarded]) -> None:
+        """Every guarded tool call stopped, some for the node's sake: none of them can
+        make room for the others. The one stopped first for the node is continued
+        (FIFO), capped at what the node's hard limit (the sessions group's) still holds,
+        so that it cannot bring on the node's OOM killer. When nothing is left under that
+        limit, the stopped tool call that holds least is killed, with the reason."""
+        stopped = [g for g in waiting if g.stopped_since is not None and g.crossing is not None]
+        if not any(g.crossing.reason & G_NODE or g.node_capped for g in stopped):  # type: ignore[union-attr]
+            return
+        with self._lock:
+            guarded_count = len(self._by_key)
+            sessions = {g.tool_call.session_id for g in self._by_key.values()}
+        idle = sum(self._idle(s) for s in sessions)
+        if guarded_count - len(stopped) - idle > 0:
+            return  # something still runs: it may end or shrink
+        room = self._node_hard_room()
+        node_waiting = [g for g in stopped if _node_only(g.crossing)]  # type: ignore[arg-type]
+        if node_waiting and room > 0:
+            first = min(node_waiting, key=lambda g: g.stopped_since or 0.0)
+            log.info("guard.node_deadlock", continued=first.tool_call.id, room=room)
+            self._decide_node(first, first.crossing, give_up=True, cap=room)  # type: ignore[arg-type]
+            return
+        held = {g.key: (self.maps.state(g.key) or _NO_STATE).memory for g in stopped}
+        victim = min(stopped, key=lambda g: held[g.key])
+        log.info("guard.node_deadlock", killed=victim.tool_call.id, room=room)
+        record = victim.crossing
+        assert record is not None
+        comm, argv = self._process(victim, record.pid, record.comm)
+        victim.stopped_since = None
+        GUARD_ACTIONS.labels(kind="memory_kill").inc()
+        self._record(
+            victim,
+            feedback.node_killed(
+                self.maps.node_used(), self.settings.node_limit, held[victim.key], record.pid,
+                comm, argv,
+            ),
+        )  # fmt: skip
+        self._kill(victim.tool_call)
+
+    def _node_hard_room(self) -> int:
+        """What the sessions group's limit still holds, less a margin (min_grant of it)."""
+        limit = self.settings.node_limit
+        if not limit:
+            return 0
+        try:
+            charged = self.backend.usage("sessions").memory_current
+        except CgroupError:
+            return 0
+        return limit - charged - math.ceil(limit * self.settings.policy.min_grant)
 
     def _idle(self, session_id: str) -> int:
         """Guarded launchers of the session placed ahead that still wait for a command
@@ -273,31 +396,98 @@ class Guard:
         log.info(
             "guard.memory_stopped", tool_call=guarded.tool_call.id, pid=record.pid,
             value=record.value, limit=limit, session_used=record.session_value,
+            reason=record.reason,
         )  # fmt: skip
-        self._record(
-            guarded,
-            feedback.memory_stopped(record.value, limit, record.pid, comm, argv, guarded.intent),
-        )
+        if _node_only(record):
+            enforcement = feedback.node_paused(
+                self.maps.node_used(), self.settings.node_budget, record.pid, comm, argv
+            )
+        else:
+            enforcement = feedback.memory_stopped(
+                record.value, limit, record.pid, comm, argv, guarded.intent
+            )
+        self._record(guarded, enforcement)
         guarded.crossing = record
         guarded.stopped_since = time.monotonic()
         self._decide_memory(guarded)
+
+    def _node_room(self) -> bool:
+        """Room under the node bound again, with a margin (min_grant of it) so that a
+        continued tool call does not trip again at its next page."""
+        budget = self.settings.node_budget
+        return self.maps.node_used() <= budget * (1 - self.settings.policy.min_grant)
+
+    def _decide_node(
+        self, guarded: _Guarded, record: GuardRecord, give_up: bool, cap: int = 0
+    ) -> None:
+        """Stopped for the node's sake only: continue it (its own limit unchanged) once
+        the node has room; wait otherwise, without a deadline: pausing low-priority work
+        instead of killing it is the point. Given up (nothing else runs that could make
+        room): continued all the same, into the cgroup's headroom."""
+        if not (give_up or self._node_room()):
+            return
+        guarded.stopped_since = None
+        comm, argv = self._process(guarded, record.pid, record.comm)
+        if give_up:
+            # Out of the node bound until it ends (class bits 0: no node budget), or it
+            # would stop again at its next page while the node is still over; its own
+            # bound capped at what the node's hard limit still holds.
+            st = self.maps.state(guarded.key)
+            memory = guarded.limit.memory
+            if cap and st is not None:
+                memory = min(memory or st.memory + cap, st.memory + cap)
+                guarded.node_capped = True
+            guarded.limit = replace(
+                guarded.limit, memory=memory, flags=guarded.limit.flags & ~GF_CLASS_MASK
+            )
+        self.maps.set_limit(guarded.key, guarded.limit)  # clears the trip
+        self._signal_group(guarded.tool_call, signal.SIGCONT)
+        GUARD_ACTIONS.labels(kind="node_resume").inc()
+        log.info("guard.node_resumed", tool_call=guarded.tool_call.id, given_up=give_up)
+        self._record(
+            guarded,
+            feedback.node_resumed(
+                self.maps.node_used(), self.settings.node_budget, record.pid, comm, argv
+            ),
+        )
 
     def _decide_memory(self, guarded: _Guarded, give_up: bool = False) -> None:
         record = guarded.crossing
         st = self.maps.state(guarded.key)
         if record is None or guarded.stopped_since is None or st is None:
             return
+        if _node_only(record):
+            self._decide_node(guarded, record, give_up)
+            return
         settings = self.settings.policy
         crossing = MemoryCrossing(
-            value=st.memory,
+            # A crossing recovered after a restart (time_ns 0): the new program's sums
+            # start from zero and a stopped process reports nothing; its figure stands.
+            value=st.memory if record.time_ns else max(st.memory, record.value),
             limit=guarded.limit.memory,
             session_used=self.maps.session_used(guarded.session_key),
             session_budget=guarded.session_budget,
             waited_seconds=math.inf if give_up else time.monotonic() - guarded.stopped_since,
         )
         decision = decide_memory(crossing, settings)
+        if (
+            decision.verdict is not Verdict.GRANT
+            and record.reason & G_SESSION
+            and self._widen_session(guarded)
+        ):
+            crossing = replace(crossing, session_budget=guarded.session_budget)
+            decision = decide_memory(crossing, settings)
         if decision.verdict is Verdict.WAIT:
             return
+        node_full = record.reason & G_NODE and not give_up and not self._node_room()
+        if decision.verdict is Verdict.GRANT and node_full:
+            return  # its own bound may grow, but the node has no room: wait
+        if decision.verdict is Verdict.GRANT and guarded.node_capped:
+            # Continued past the node bound: grants only within the node's hard limit.
+            room = self._node_hard_room()
+            if room < crossing.value * settings.min_grant:
+                return  # the node deadlock rule decides
+            decision = replace(decision, new_limit=min(decision.new_limit, crossing.value + room))
         comm, argv = self._process(guarded, record.pid, record.comm)
         tool_call = guarded.tool_call
         guarded.stopped_since = None
@@ -333,6 +523,33 @@ class Guard:
         self._record(guarded, enforcement)
         self._kill(tool_call)
 
+    def _widen_session(self, guarded: _Guarded) -> bool:
+        """The guard's session budget is the session's limit / (1 + memory_headroom): a
+        guess of what page cache and kernel memory, which the guard does not sum, will
+        need. Before a tool call waits or dies for the session's sake, the guess is
+        replaced by the measure: the session group's charge beyond the guarded sum,
+        plus a margin (min_grant of the limit). Widened if that leaves more room."""
+        limit = guarded.session_limit
+        session_id = guarded.tool_call.session_id
+        if not limit:
+            return False
+        try:
+            charged = self.backend.usage(f"sessions/{session_id}").memory_current
+        except CgroupError:
+            return False
+        unguarded = max(charged - self.maps.session_used(guarded.session_key), 0)
+        widened = limit - unguarded - math.ceil(limit * self.settings.policy.min_grant)
+        if widened <= guarded.session_budget:
+            return False
+        with self._lock:
+            self._widened[session_id] = widened
+            for g in self._by_key.values():
+                if g.session_key == guarded.session_key:
+                    g.session_budget = widened
+        self.maps.set_session_budget(guarded.session_key, widened)
+        log.info("guard.session_widened", session=session_id, budget=widened, unguarded=unguarded)
+        return True
+
     def _grant(self, guarded: _Guarded, new_limit: int) -> None:
         """New limit into the kernel (clears the trip), the cgroup's backstop raised,
         then the stopped processes continued."""
@@ -346,6 +563,7 @@ class Guard:
             log.warning("guard.cgroup_limit_failed", tool_call=tool_call.id, error=str(e))
         self.maps.set_limit(guarded.key, guarded.limit)
         tool_call.limits = replace(tool_call.limits, memory_max=new_limit)
+        self._persist(tool_call)
         self._signal_group(tool_call, signal.SIGCONT)
 
     def _backstop(self, limit: int) -> int:
@@ -431,6 +649,7 @@ class Guard:
     ) -> None:
         tool_call = guarded.tool_call
         tool_call.enforcements.append(enforcement)
+        self._persist(tool_call)
         self.bus.publish(
             Event(
                 session_id=tool_call.session_id,
@@ -440,6 +659,14 @@ class Guard:
                 payload=feedback.event_details(enforcement),
             )
         )
+
+    def _persist(self, tool_call: ToolCall) -> None:
+        if self.persist is None or tool_call.waiting:
+            return  # a launcher placed ahead is recorded once its command starts
+        try:
+            self.persist(tool_call)
+        except Exception as e:  # the state store is not worth losing the guard for
+            log.warning("guard.persist_failed", tool_call=tool_call.id, error=str(e))
 
     def _kill(self, tool_call: ToolCall) -> None:
         """The whole group, at once (freezer or cgroup.kill): a fork bomb cannot outrun
@@ -457,6 +684,14 @@ class Guard:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+
+_NO_STATE = GuardState(memory=0, peak=0, processes=0, forks=0, signals=0)
+
+
+def _node_only(record: GuardRecord) -> bool:
+    """Stopped for the node's sum alone, under its own and its session's bounds."""
+    return bool(record.reason & G_NODE) and not record.reason & (G_MEMORY | G_SESSION)
 
 
 def _still_launcher(pid: int) -> bool:

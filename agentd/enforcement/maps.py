@@ -17,11 +17,15 @@ G_SESSION = 2
 G_FORK_RATE = 4
 G_PROCESSES = 8
 G_PIDS_MAX = 16
+G_NODE = 32
 G_FORK_MASK = G_FORK_RATE | G_PROCESSES | G_PIDS_MAX
 # guard_limit.flags: what the kernel does on crossing besides reporting.
 GF_STOP_MEMORY = 1
 GF_STOP_FORK = 2
 GF_KILL_FORK = 4
+#: guard_limit.flags bits 8-9: the tool call's priority class (its node_budget entry).
+GF_CLASS_SHIFT = 8
+GF_CLASS_MASK = 3 << GF_CLASS_SHIFT
 
 
 class TableSource(Protocol):
@@ -54,6 +58,8 @@ class GuardMaps:
         self._state = source.table("guard_state")
         self._budget = source.table("session_budget")
         self._used = source.table("session_used")
+        self._node_used = source.table("node_used")
+        self._node_budget = source.table("node_budget")
 
     def add_tool_call(self, key: int, limit: GuardLimit, processes: int) -> None:
         """State first (the programs need both), counting the processes already there."""
@@ -111,6 +117,13 @@ class GuardMaps:
             return int(self._used[self._used.Key(key)].value)
         except KeyError:
             return 0
+
+    def set_node_budget(self, priority_class: int, budget: int) -> None:
+        """Tool calls of the class are stopped while the node's sum is over `budget`."""
+        self._node_budget[self._node_budget.Key(priority_class)] = self._node_budget.Leaf(budget)
+
+    def node_used(self) -> int:
+        return int(self._node_used[self._node_used.Key(0)].value)
 
     def remove_session(self, key: int) -> None:
         self._budget.pop(self._budget.Key(key), None)

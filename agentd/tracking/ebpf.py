@@ -26,8 +26,8 @@ F_EXIT_CODE, F_EXIT_SIGNAL, F_TRUNCATED, F_CPU, F_RSS = 1, 2, 4, 8, 16
 F_EXECUTOR = 512
 _EXIT_FIGURES = struct.Struct("=Qq")  # struct exit_event after the header: cpu_ns, peak_rss
 # struct guard_event after the header: value, limit, session_value, session_limit, procs,
-# reason, action
-_GUARD_FIGURES = struct.Struct("=qqqqqII")
+# reason, action, crossed_ns
+_GUARD_FIGURES = struct.Struct("=qqqqqIIQ")
 COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted", "held")
 TRACEFS = "/sys/kernel/tracing"
 _PENDING_ARGS_MAX = 4096
@@ -298,13 +298,15 @@ class EbpfSource:
     def _guard_record(self, h: _Header, payload: bytes, comm: str) -> None:
         if self.on_guard is None or len(payload) < _GUARD_FIGURES.size:
             return
-        value, limit, s_value, s_limit, procs, reason, action = _GUARD_FIGURES.unpack_from(payload)
+        value, limit, s_value, s_limit, procs, reason, action, crossed_ns = (
+            _GUARD_FIGURES.unpack_from(payload)
+        )
         self.on_guard(
             GuardRecord(
                 kind="guard" if h.type == EV_GUARD else "oom",
                 key=h.key, pid=h.pid, time_ns=h.ts, comm=comm, value=value, limit=limit,
                 session_value=s_value, session_limit=s_limit, processes=procs,
-                reason=reason, action=action, trigger_pid=h.ppid,
+                reason=reason, action=action, trigger_pid=h.ppid, crossed_ns=crossed_ns,
             )
         )  # fmt: skip
 

@@ -74,3 +74,4 @@ class GuardRecord:
     reason: int
     action: int  # the signal the kernel sent (0: reported only)
     trigger_pid: int = 0  # oom: whose allocation failed
+    crossed_ns: int = 0  # CLOCK_BOOTTIME: the kernel found the bound crossed (before the signal)

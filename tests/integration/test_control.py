@@ -126,6 +126,34 @@ def test_freeze_stops_work_and_resume_restarts_it(manager: Manager) -> None:
         process.kill()
 
 
+def test_a_schedulers_freeze_survives_the_policys_resume(manager: Manager) -> None:
+    """One hold per actor: the pressure policy throttles and freezes, a scheduler
+    freezes too; the policy's resume lifts its throttle but the group stays frozen (no
+    CPU) until the scheduler resumes. A new Control (a daemon restart) knows the holds."""
+    session = manager.create_session(ROOT, "two", Resources(cpu=1.0, memory_max=GiB), None)
+    _, process = start_busy(manager, session.id)
+    control = Control(manager, min_interval_seconds=0.0)
+    target = Target(session.id)
+    try:
+        control.throttle(ROOT, target, cpu_max=0.1, memory_high=GiB // 2, by="pressure")
+        control.freeze(ROOT, target, by="pressure")
+        control.freeze(ROOT, target, by="scheduler-a")
+        assert control.resume(ROOT, target, by="pressure").changed
+        assert read(manager, "freezer", session.cgroup_rel, "freezer.state") == "FROZEN"
+        assert read(manager, "cpu", session.cgroup_rel, "cpu.cfs_quota_us") == "100000"
+        assert read(manager, "memory", session.cgroup_rel, "memory.soft_limit_in_bytes") != str(
+            GiB // 2
+        )
+        assert cpu_seconds_over(process.pid, 0.5) < 0.02
+        fresh = Control(manager, min_interval_seconds=0.0)
+        assert set(fresh.holds(target)) == {"scheduler-a"}
+        assert fresh.resume(ROOT, target, by="scheduler-a").changed
+        assert read(manager, "freezer", session.cgroup_rel, "freezer.state") == "THAWED"
+        assert cpu_seconds_over(process.pid, 1.0) > 0.005
+    finally:
+        process.kill()
+
+
 def test_throttle_never_raises_above_the_normal_limit(manager: Manager) -> None:
     session = manager.create_session(ROOT, "cap", Resources(cpu=0.5), None)
     control = Control(manager, min_interval_seconds=0.0)

@@ -194,7 +194,7 @@ def test_restart_resumes_a_batch_session_left_frozen(pressured_agentd):
         while state.read_text().strip() != "THAWED" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert state.read_text().strip() == "THAWED", daemon.logs()[-3000:]
-        assert log_events(daemon, "pressure.adopted_frozen"), daemon.logs()[-3000:]
+        assert log_events(daemon, "pressure.adopted"), daemon.logs()[-3000:]
         resumed = log_events(daemon, "control.resumed")
         assert resumed and resumed[0]["by"] == "pressure", resumed
         assert proc.popen.poll() is None  # the tool call survived all of it
