@@ -286,6 +286,7 @@ class Daemon:
             backend,
             launcher_path(),
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
+            last_placement=lambda: manager.last_placement,
         )
         warmer.start()
         # The one writer of throttle / freeze / resume, shared by the scheduler API and

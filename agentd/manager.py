@@ -58,6 +58,11 @@ LAUNCHER_NAME = "agentd-exec"
 RECENT_TOOL_CALLS = 1024
 #: Finished process trees kept in the store (the tracker keeps the newest in memory).
 STORED_TREES = 2000
+#: Trees are saved at most this often, the due ones in one batch.
+TREE_SAVE_BATCH_SECONDS = 0.25
+#: Trees saved between two prunings of the stored ones down to STORED_TREES (pruning
+#: walks the table: once per tree it cost more than saving the tree).
+TREES_PRUNE_EVERY = 100
 #: Wait this long after a tool call ends before saving its tree: the exits of the
 #: processes killed with it are still on their way from the kernel.
 TREE_SAVE_DELAY_SECONDS = 1.0
@@ -140,6 +145,9 @@ class Manager:
         # spare of a closed session never serves a new session of the same name.
         self.spares_per_session = spares_per_session
         self._spares: dict[tuple[str, float], list[str]] = {}
+        # Taken while a spare is made and while a session's group is removed; never
+        # while waiting for `_lock` (close_session takes it inside `_lock`).
+        self._spare_lock = threading.Lock()
         self.spares_wanted = threading.Event()
         # Ended tool calls whose processes may still report events (they outlive the
         # command until killed); bounded.
@@ -148,6 +156,10 @@ class Manager:
         self._removals: queue.SimpleQueue[str] = queue.SimpleQueue()
         # Trees of ended tool calls, saved to the store once their last events are in.
         self._tree_saves: deque[tuple[float, ToolCall]] = deque()
+        self._trees_unpruned = TREES_PRUNE_EVERY  # the first batch prunes
+        self._next_tree_batch = 0.0
+        #: time.monotonic() of the last move of a process into a tool call's group.
+        self.last_placement = 0.0
         # The in-kernel guards (agentd/enforcement), set by the daemon when enabled.
         self.guard: Guard | None = None
 
@@ -231,11 +243,12 @@ class Manager:
                 if t.session_id == session_id
             ]
             ended = [t for t in ended if not t.waiting]  # unused launchers were no tool calls
-            self._spares.pop((session.id, session.created_at), None)
-            try:
-                self.backend.remove(session.cgroup_rel)
-            except CgroupError as e:
-                raise UnavailableError(f"could not remove the session's cgroup: {e}") from e
+            with self._spare_lock:  # no spare is being made in it (make_spares)
+                self._spares.pop((session.id, session.created_at), None)
+                try:
+                    self.backend.remove(session.cgroup_rel)
+                except CgroupError as e:
+                    raise UnavailableError(f"could not remove the session's cgroup: {e}") from e
             session.closed_at = time.time()
             self.store.save_session(session)
             del self._sessions[session_id]
@@ -452,6 +465,7 @@ class Manager:
             else:
                 self.backend.create(rel, group_limits)
             self.backend.move(rel, pid)
+            self.last_placement = time.monotonic()
         except CgroupError as e:
             with contextlib.suppress(CgroupError):
                 self.backend.remove(rel)
@@ -620,10 +634,12 @@ class Manager:
     def make_spares(self) -> int:
         """Top up every open session's spare groups (called by a background thread).
 
-        Each mkdir runs under the lock, after checking that its session is still the
-        same open one: a spare made outside it could land in a session group that
-        close_session is removing, whose rmdir then fails with EBUSY. One spare at a
-        time (~0.3 ms), so a request waits for at most one mkdir.
+        Each mkdir runs under `_spare_lock`, after checking that its session is still
+        the same open one: a spare made while close_session removes the session's
+        group would make that rmdir fail with EBUSY, so close_session removes it under
+        the same lock. Not under `_lock`: requests do not wait for the mkdirs (~0.3 ms
+        a spare, more when the CPU is busy), and a spare joins the session's list only
+        once it is complete.
         """
         made = 0
         with self._lock:
@@ -634,7 +650,7 @@ class Manager:
             ]
         for session_id, created_at, missing in wanted:
             for _ in range(max(missing, 0)):
-                with self._lock:
+                with self._spare_lock:
                     session = self._sessions.get(session_id)
                     if session is None or session.created_at != created_at:
                         break  # closed meanwhile
@@ -671,21 +687,28 @@ class Manager:
         """Store the trees of tool calls that ended more than the delay ago (called by a
         background thread, so the request path never serializes a tree)."""
         now = time.monotonic() if now is None else now
-        saved = 0
-        while self._tree_saves and self._tree_saves[0][0] <= now and self.tracker is not None:
+        if self.tracker is None or not self._tree_saves or now < self._next_tree_batch:
+            return 0
+        if self._tree_saves[0][0] > now:
+            return 0
+        self._next_tree_batch = now + TREE_SAVE_BATCH_SECONDS
+        # All that are due in one batch: one read of the loss counters and one
+        # transaction for all of them (per tree, these cost more than the tree itself).
+        loss = self.tracker.loss()
+        trees = []
+        while self._tree_saves and self._tree_saves[0][0] <= now:
             _, tool_call = self._tree_saves.popleft()
-            snapshot = self.tracker.snapshot(tool_call.id)
-            if snapshot is None:
-                continue
-            self.store.save_process_tree(
-                tool_call.id,
-                tool_call.session_id,
-                tool_call.ended_at or time.time(),
-                snapshot,
-                keep=STORED_TREES,
-            )
-            saved += 1
-        return saved
+            snapshot = self.tracker.snapshot(tool_call.id, loss)
+            if snapshot is not None:
+                ended_at = tool_call.ended_at or time.time()
+                trees.append((tool_call.id, tool_call.session_id, ended_at, snapshot))
+        if trees:
+            self._trees_unpruned += len(trees)
+            prune = self._trees_unpruned >= TREES_PRUNE_EVERY
+            self.store.save_process_trees(trees, keep=STORED_TREES, prune=prune)
+            if prune:
+                self._trees_unpruned = 0
+        return len(trees)
 
     def spare_ids(self) -> set[str]:
         with self._lock:
@@ -859,8 +882,10 @@ class Manager:
             raise InvalidArgumentError("pid", f"{pid} is not a launcher process id")
         if pid == os.getpid():
             raise InvalidArgumentError("pid", "the daemon cannot be placed in a tool call")
-        status = _proc_status(pid)
-        if not status:
+        # Root may place any process: its /proc status (~50 lines to parse) is read
+        # only to check another caller's ownership.
+        status = {} if caller.is_root else _proc_status(pid)
+        if not (status or (caller.is_root and os.path.exists(f"/proc/{pid}/stat"))):
             raise InvalidArgumentError("pid", f"no process {pid}")
         if not caller.is_root:
             real_uid = int(status.get("Uid", "-1").split()[0])

@@ -7,6 +7,8 @@ queryable by an operator with the sqlite3 shell.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import sqlite3
 import threading
@@ -70,6 +72,9 @@ CREATE INDEX IF NOT EXISTS tool_calls_session ON tool_calls (session_id);
 """
 
 
+# Cached: a session's tool calls mostly share their intent, limits and exit status,
+# and encoding them again on every save was a tenth of a tool call's request time.
+@functools.lru_cache(maxsize=512)
 def _intent_to_json(intent: Intent, waiting: bool = False) -> str:
     data = {
         "resources": intent.resources.as_dict(),
@@ -80,6 +85,17 @@ def _intent_to_json(intent: Intent, waiting: bool = False) -> str:
     if waiting:  # placed ahead, no command yet (ToolCall.waiting); absent otherwise
         data["waiting_for_command"] = True
     return json.dumps(data)
+
+
+@functools.lru_cache(maxsize=512)
+def _resources_to_json(resources: Resources) -> str:
+    return json.dumps(resources.as_dict())
+
+
+@functools.lru_cache(maxsize=512)
+def _exit_to_json(exit_status: ExitStatus) -> str:
+    # vars(), not asdict(): these are flat, and asdict deep-copies.
+    return json.dumps(vars(exit_status))
 
 
 def _intent_from_json(text: str) -> Intent:
@@ -113,6 +129,18 @@ class Store:
         if "enforcements" not in columns:
             self._db.execute("ALTER TABLE tool_calls ADD COLUMN enforcements TEXT")
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction for several statements (the connection autocommits each
+        statement otherwise): one WAL append instead of one per row. Hold `_lock`."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -143,12 +171,11 @@ class Store:
                     t.session_id,
                     t.owner_uid,
                     _intent_to_json(t.intent, t.waiting),
-                    json.dumps(t.limits.as_dict()),
+                    _resources_to_json(t.limits),
                     t.started_at,
                     t.launcher_pid,
                     t.ended_at,
-                    # vars(), not asdict(): these are flat, and asdict deep-copies.
-                    json.dumps(vars(t.exit)),
+                    _exit_to_json(t.exit),
                     json.dumps(vars(t.usage)),
                     t.leftover_processes_killed,
                     json.dumps([vars(e) for e in t.enforcements]) if t.enforcements else None,
@@ -163,16 +190,24 @@ class Store:
         self, tool_call_id: str, session_id: str, ended_at: float, tree: dict[str, Any], keep: int
     ) -> None:
         """Keep a finished tool call's tree; only the `keep` most recent are kept."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO process_trees VALUES (?, ?, ?, ?)",
-                (tool_call_id, session_id, ended_at, json.dumps(tree)),
-            )
-            self._db.execute(
-                "DELETE FROM process_trees WHERE tool_call_id IN (SELECT tool_call_id FROM "
-                "process_trees ORDER BY ended_at DESC LIMIT -1 OFFSET ?)",
-                (keep,),
-            )
+        self.save_process_trees([(tool_call_id, session_id, ended_at, tree)], keep)
+
+    def save_process_trees(
+        self, trees: list[tuple[str, str, float, dict[str, Any]]], keep: int, prune: bool = True
+    ) -> None:
+        """Keep finished tool calls' trees, (tool call id, session id, ended at, tree)
+        each, in one transaction. `prune`: drop all but the `keep` most recent now; the
+        pruning query walks the whole table, so a caller saving trees often prunes only
+        now and then (the table then holds a few more than `keep` meanwhile)."""
+        rows = [(i, s, at, json.dumps(tree)) for i, s, at, tree in trees]
+        with self._lock, self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO process_trees VALUES (?, ?, ?, ?)", rows)
+            if prune:
+                self._db.execute(
+                    "DELETE FROM process_trees WHERE tool_call_id IN (SELECT tool_call_id FROM "
+                    "process_trees ORDER BY ended_at DESC LIMIT -1 OFFSET ?)",
+                    (keep,),
+                )
 
     def process_tree(self, tool_call_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -27,6 +27,7 @@ import contextlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
@@ -45,8 +46,13 @@ class MigrationWarmer:
         launcher: str,
         active: Callable[[], bool],
         period_seconds: float = 0.008,
+        last_placement: Callable[[], float] | None = None,
     ) -> None:
         self.backend = backend
+        # time.monotonic() of the daemon's last move of a process (a placement): it
+        # warms the semaphore too, so while tool calls come faster than the period the
+        # warmer has nothing to do.
+        self.last_placement = last_placement
         self.launcher = launcher
         self.active = active
         self.period = period_seconds
@@ -83,6 +89,11 @@ class MigrationWarmer:
             if not self.active():
                 self._stop.wait(0.1)
                 continue
+            if self.last_placement is not None:
+                since = time.monotonic() - self.last_placement()
+                if since < self.period:
+                    self._stop.wait(self.period - since)
+                    continue
             index ^= 1
             try:
                 fd = os.open(self._files[index], os.O_WRONLY)

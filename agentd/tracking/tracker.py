@@ -174,14 +174,16 @@ class Tracker:
     def locked(self) -> threading.Lock:
         return self._lock
 
-    def snapshot(self, tool_call_id: str) -> dict[str, Any] | None:
-        """The JSON shape `agentctl tree --json` prints."""
+    def snapshot(self, tool_call_id: str, loss: LossReport | None = None) -> dict[str, Any] | None:
+        """The JSON shape `agentctl tree --json` prints. `loss`: the loss report to put
+        in it, when the caller snapshots many trees at once (reading the source's
+        counters costs a map read per CPU)."""
         with self._lock:
             tree = self._by_id.get(tool_call_id)
             if tree is None:
                 return None
             out = tree.as_dict()
-        loss = self.loss()
+        loss = loss or self.loss()
         out.update(source=self.source_name, lost_events=loss.lost, loss_exact=loss.exact)
         return out
 
