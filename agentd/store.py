@@ -108,6 +108,23 @@ def _intent_from_json(text: str) -> Intent:
     )
 
 
+#: An upsert, not INSERT OR REPLACE: a tool call is saved at its begin and again at
+#: its end, and REPLACE deletes the row and inserts it anew, which rewrites every index
+#: entry (an UPDATE touches only the changed ones: fewer pages per commit).
+_UPSERT_TOOL_CALL = (
+    "INSERT INTO tool_calls (id, session_id, owner_uid, intent, limits, started_at, "
+    "launcher_pid, ended_at, exit, usage, leftover_killed, enforcements) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (
+            "session_id", "owner_uid", "intent", "limits", "started_at", "launcher_pid",
+            "ended_at", "exit", "usage", "leftover_killed", "enforcements",
+        )
+    )
+)  # fmt: skip
+
+
 class Store:
     """Sessions and tool calls, persisted. Thread-safe (one connection, one lock)."""
 
@@ -163,9 +180,7 @@ class Store:
     def save_tool_call(self, t: ToolCall) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO tool_calls (id, session_id, owner_uid, intent, limits, "
-                "started_at, launcher_pid, ended_at, exit, usage, leftover_killed, enforcements) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _UPSERT_TOOL_CALL,
                 (
                     t.id,
                     t.session_id,

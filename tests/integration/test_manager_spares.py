@@ -15,7 +15,7 @@ import pytest
 
 from agentd.cgroups.base import GroupLimits
 from agentd.manager import Caller, Manager
-from agentd.model import Resources
+from agentd.model import Intent, Resources
 
 pytestmark = pytest.mark.root
 
@@ -95,4 +95,43 @@ def test_spares_are_made_for_open_sessions_only(manager: Manager) -> None:
     assert set(manager.backend.children(kept.cgroup_rel)) == spares
     assert manager.backend.children("sessions") == [kept.id]
     manager.close_session(ROOT, kept.id)
+    assert manager.backend.children("sessions") == []
+
+
+def test_a_request_does_not_wait_for_a_spare_being_made(manager: Manager) -> None:
+    """make_spares holds its own lock across the mkdirs, not the manager's: a request
+    (here GetSession and a BeginToolCall's validation, both under the manager lock)
+    completes while a spare's mkdir is held."""
+    session = manager.create_session(ROOT, "s-busy-spare", Resources(), None)
+    backend = manager.backend
+    real_create = backend.create
+    in_mkdir = threading.Event()
+    release = threading.Event()
+
+    def create(rel: str, limits: GroupLimits) -> None:
+        in_mkdir.set()
+        release.wait(5.0)
+        real_create(rel, limits)
+
+    backend.create = create  # type: ignore[method-assign]
+    maker = threading.Thread(target=manager.make_spares)
+    maker.start()
+    try:
+        assert in_mkdir.wait(5.0)
+        answered = threading.Event()
+
+        def request() -> None:
+            manager.get_session(ROOT, session.id)
+            manager.validate_intent(ROOT, session.id, Intent())
+            answered.set()
+
+        threading.Thread(target=request).start()
+        assert answered.wait(2.0), "the request waited for the spare's mkdir"
+    finally:
+        release.set()
+        maker.join(10.0)
+        backend.create = real_create  # type: ignore[method-assign]
+    assert not maker.is_alive()
+    assert len(manager.spare_ids()) == manager.spares_per_session
+    manager.close_session(ROOT, session.id)
     assert manager.backend.children("sessions") == []
