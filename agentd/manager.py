@@ -59,7 +59,7 @@ RECENT_TOOL_CALLS = 1024
 #: Finished process trees kept in the store (the tracker keeps the newest in memory).
 STORED_TREES = 2000
 #: Trees are saved at most this often, the due ones in one batch.
-TREE_SAVE_BATCH_SECONDS = 0.25
+TREE_SAVE_BATCH_SECONDS = 0.1
 #: Trees saved between two prunings of the stored ones down to STORED_TREES (pruning
 #: walks the table: once per tree it cost more than saving the tree).
 TREES_PRUNE_EVERY = 100
