@@ -71,9 +71,11 @@ def _request(workload: str) -> tuple[str, Any]:
     return "Check", health_pb2.HealthCheckRequest()
 
 
-def aio_channel(address: str, certs: str, client: str) -> Any:
+def aio_channel(address: str, certs: str, client: str, connection: int = 0) -> Any:
     """A grpc.aio channel with the client certificate `client-<client>.pem` (the
-    asyncio twin of agentd.sdk.node.tls_channel)."""
+    asyncio twin of agentd.sdk.node.tls_channel). Channels of different `connection`
+    numbers do not share their HTTP/2 connection (SO_REUSEPORT listeners each get
+    some)."""
     import grpc
 
     credentials = grpc.ssl_channel_credentials(
@@ -81,23 +83,38 @@ def aio_channel(address: str, certs: str, client: str) -> Any:
         private_key=Path(f"{certs}/client-{client}.key").read_bytes(),
         certificate_chain=Path(f"{certs}/client-{client}.pem").read_bytes(),
     )
-    return grpc.aio.secure_channel(address, credentials)
+    options = [("grpc.use_local_subchannel_pool", 1), ("agentd.bench.connection", connection)]
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 def client_process(
-    address: str, certs: str, workload: str, concurrency: int, start_at: float, seconds: float
+    address: str,
+    certs: str,
+    workload: str,
+    concurrency: int,
+    start_at: float,
+    seconds: float,
+    connections: int = 1,
 ) -> tuple[list[float], int, float]:
-    """Closed-loop calls from `concurrency` coroutines on one grpc.aio channel (one
-    event loop: a client costs the shared cores far less than a thread per call in
-    flight); latencies in ms, each timed around its own call, the error count and
-    the CPU seconds this process used meanwhile."""
+    """Closed-loop calls from `concurrency` coroutines over `connections` grpc.aio
+    channels (one event loop: a client costs the shared cores far less than a thread
+    per call in flight); latencies in ms, each timed around its own call, the error
+    count and the CPU seconds this process used meanwhile."""
     import asyncio
 
-    return asyncio.run(_client(address, certs, workload, concurrency, start_at, seconds))
+    return asyncio.run(
+        _client(address, certs, workload, concurrency, start_at, seconds, connections)
+    )
 
 
 async def _client(
-    address: str, certs: str, workload: str, concurrency: int, start_at: float, seconds: float
+    address: str,
+    certs: str,
+    workload: str,
+    concurrency: int,
+    start_at: float,
+    seconds: float,
+    connections: int,
 ) -> tuple[list[float], int, float]:
     import asyncio
 
@@ -105,19 +122,21 @@ async def _client(
 
     from agentd.v1 import node_pb2_grpc
 
-    channel = aio_channel(address, certs, "bench")
-    stub = (
-        health_pb2_grpc.HealthStub(channel)
-        if workload == "health"
-        else node_pb2_grpc.NodeServiceStub(channel)
-    )
+    channels = [aio_channel(address, certs, "bench", n) for n in range(connections)]
     method, request = _request(workload)
-    call = getattr(stub, method)
-    await call(request, timeout=10)  # connect and handshake outside the measurement
+    calls = []
+    for channel in channels:
+        stub = (
+            health_pb2_grpc.HealthStub(channel)
+            if workload == "health"
+            else node_pb2_grpc.NodeServiceStub(channel)
+        )
+        calls.append(getattr(stub, method))
+        await calls[-1](request, timeout=10)  # connect and handshake outside the window
     latencies: list[float] = []
     errors = 0
 
-    async def loop() -> None:
+    async def loop(call: Any) -> None:
         nonlocal errors
         await asyncio.sleep(max(start_at - time.time(), 0))
         end = start_at + seconds
@@ -134,9 +153,10 @@ async def _client(
 
     await asyncio.sleep(max(start_at - time.time(), 0))
     cpu_began = time.process_time()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    await asyncio.gather(*(loop(calls[n % connections]) for n in range(concurrency)))
     cpu = time.process_time() - cpu_began
-    await channel.close()
+    for channel in channels:
+        await channel.close()
     return latencies, errors, cpu
 
 
