@@ -71,13 +71,13 @@ def start(
     client: str,
     method: str,
     request: bytes,
-    threads: int,
+    in_flight: int,
     connections: int,
     start_at: float,
     seconds: float,
     workdir: Path,
 ) -> subprocess.Popen[str]:
-    """Start a closed-loop run of `threads` calls in flight over `connections`
+    """Start a closed-loop run of `in_flight` calls over `connections`
     connections, beginning at the epoch time `start_at`; `collect` its result."""
     request_file = workdir / f"{method.rsplit('/', 1)[-1]}.req"
     request_file.write_bytes(request)
@@ -90,7 +90,7 @@ def start(
             str(certs / f"client-{client}.key"),
             method,
             str(request_file),
-            str(threads),
+            str(in_flight),
             str(connections),
             f"{start_at:.6f}",
             f"{seconds:g}",

@@ -7,7 +7,7 @@
 // checked (a non-OK status, or an empty response, is an error); the last response is
 // written out for the bench to decode and check.
 //
-// usage: unary_load ADDRESS CA CERT KEY METHOD REQUEST_FILE THREADS CONNECTIONS
+// usage: unary_load ADDRESS CA CERT KEY METHOD REQUEST_FILE IN_FLIGHT CONNECTIONS
 //                   START_AT_EPOCH SECONDS OUT_PREFIX
 // writes OUT_PREFIX.lat (one latency in ms per line), OUT_PREFIX.resp (the last
 // response), and prints "calls errors cpu_seconds" on stdout.
@@ -46,29 +46,33 @@ double cpu_seconds() {
          u.ru_stime.tv_usec / 1e6;
 }
 
-struct Worker {
-  std::vector<double> latencies;
-  long errors = 0;
-  std::string last_response;
-};
-
-bool call_once(grpc::GenericStub& stub, const std::string& method, const grpc::ByteBuffer& request,
-               grpc::CompletionQueue& cq, std::string* response_bytes) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+// One call in flight: its own context, response and status, reused for the next.
+struct Slot {
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
   grpc::ByteBuffer response;
   grpc::Status status;
-  auto call = stub.PrepareUnaryCall(&context, method, request, &cq);
-  call->StartCall();
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  if (!cq.Next(&tag, &ok) || !ok || !status.ok()) return false;
+  std::chrono::steady_clock::time_point began;
+  int connection = 0;
+};
+
+void start_call(Slot& slot, grpc::GenericStub& stub, const std::string& method,
+                const grpc::ByteBuffer& request, grpc::CompletionQueue& cq) {
+  slot.context = std::make_unique<grpc::ClientContext>();
+  slot.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  slot.response.Clear();
+  slot.began = std::chrono::steady_clock::now();
+  slot.reader = stub.PrepareUnaryCall(slot.context.get(), method, request, &cq);
+  slot.reader->StartCall();
+  slot.reader->Finish(&slot.response, &slot.status, &slot);
+}
+
+std::string bytes_of(grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return false;
-  response_bytes->clear();
-  for (const auto& s : slices) response_bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return true;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
 }
 
 }  // namespace
@@ -76,13 +80,13 @@ bool call_once(grpc::GenericStub& stub, const std::string& method, const grpc::B
 int main(int argc, char** argv) {
   if (argc != 12) {
     std::fprintf(stderr,
-                 "usage: %s ADDRESS CA CERT KEY METHOD REQUEST_FILE THREADS CONNECTIONS "
+                 "usage: %s ADDRESS CA CERT KEY METHOD REQUEST_FILE IN_FLIGHT CONNECTIONS "
                  "START_AT SECONDS OUT_PREFIX\n",
                  argv[0]);
     return 2;
   }
   const std::string address = argv[1], method = argv[5], out = argv[11];
-  const int threads = std::stoi(argv[7]), connections = std::stoi(argv[8]);
+  const int threads = std::stoi(argv[7]), connections = std::stoi(argv[8]);  // threads: in flight
   const double start_at = std::stod(argv[9]), seconds = std::stod(argv[10]);
   grpc::SslCredentialsOptions tls;
   tls.pem_root_certs = slurp(argv[2]);
@@ -106,52 +110,65 @@ int main(int argc, char** argv) {
     }
     channels.push_back(channel);
   }
-  std::vector<Worker> workers(threads);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      Worker& w = workers[t];
-      grpc::GenericStub stub(channels[t % connections]);
-      grpc::CompletionQueue cq;
-      std::string response;
-      call_once(stub, method, request, cq, &response);  // warm up, outside the window
-      while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::microseconds(500));
-      const double end = start_at + seconds;
-      while (epoch_now() < end) {
-        auto began = std::chrono::steady_clock::now();
-        if (!call_once(stub, method, request, cq, &response) || response.empty()) {
-          ++w.errors;
-          continue;
-        }
-        w.latencies.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began)
-                .count());
-      }
-      w.last_response = response;
-      cq.Shutdown();
+  // One thread drives every call in flight on one completion queue (no thread per
+  // call: the client must cost the shared cores little).
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (auto& channel : channels) stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  grpc::CompletionQueue cq;
+  std::vector<Slot> slots(threads);
+  std::vector<double> latencies;
+  long errors = 0;
+  std::string last_response;
+  {  // warm up every connection, outside the window
+    for (size_t c = 0; c < stubs.size(); ++c) {
+      Slot warm;
+      start_call(warm, *stubs[c], method, request, cq);
       void* tag = nullptr;
       bool ok = false;
-      while (cq.Next(&tag, &ok)) {
-      }
-    });
-  }
-  while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  const double cpu_began = cpu_seconds();
-  for (auto& th : pool) th.join();
-  const double cpu = cpu_seconds() - cpu_began;
-  long calls = 0, errors = 0;
-  std::ofstream lat(out + ".lat");
-  for (const auto& w : workers) {
-    calls += w.latencies.size();
-    errors += w.errors;
-    for (double l : w.latencies) lat << l << '\n';
-  }
-  for (const auto& w : workers) {
-    if (!w.last_response.empty()) {
-      std::ofstream(out + ".resp", std::ios::binary) << w.last_response;
-      break;
+      cq.Next(&tag, &ok);
     }
   }
+  while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  const double cpu_began = cpu_seconds();
+  const double end = start_at + seconds;
+  for (int t = 0; t < threads; ++t) {
+    slots[t].connection = t % connections;
+    start_call(slots[t], *stubs[slots[t].connection], method, request, cq);
+  }
+  int in_flight = threads;
+  bool stopping = false;
+  while (in_flight > 0) {
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq.Next(&tag, &ok)) break;
+    Slot& slot = *static_cast<Slot*>(tag);
+    --in_flight;
+    const auto done = std::chrono::steady_clock::now();
+    std::string body = ok && slot.status.ok() ? bytes_of(slot.response) : std::string();
+    if (body.empty()) {
+      ++errors;  // a non-OK status, or no response at all
+    } else {
+      latencies.push_back(std::chrono::duration<double, std::milli>(done - slot.began).count());
+      last_response.swap(body);
+    }
+    stopping = stopping || epoch_now() >= end;
+    if (!stopping) {
+      start_call(slot, *stubs[slot.connection], method, request, cq);
+      ++in_flight;
+    }
+  }
+  const double cpu = cpu_seconds() - cpu_began;
+  cq.Shutdown();
+  {
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq.Next(&tag, &ok)) {
+    }
+  }
+  const long calls = static_cast<long>(latencies.size());
+  std::ofstream lat(out + ".lat");
+  for (double l : latencies) lat << l << '\n';
+  if (!last_response.empty()) std::ofstream(out + ".resp", std::ios::binary) << last_response;
   std::printf("%ld %ld %.6f\n", calls, errors, cpu);
   return 0;
 }
