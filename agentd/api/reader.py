@@ -39,7 +39,7 @@ from agentd.api.auth import Authenticator
 from agentd.api.node_service import NodeService, node_rpc
 from agentd.api.peercred import TokenRegistry
 from agentd.api.shared_ratelimit import SharedRateLimiter
-from agentd.api.snapshot import ChangeCounter, SnapshotFile
+from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotFile
 from agentd.log import configure_logging
 from agentd.metrics.window import NodeWindow
 from agentd.scoring import Room
@@ -107,14 +107,17 @@ class ReaderNodeService(NodeService):
         self.after_change = None
         self.stopping = threading.Event()
         self._window = NodeWindow()
+        self._windowed: NodeSnapshot | None = None  # the snapshot _window is from
         self.predictor = _placement_predictor(model, lambda: self._window)
         self.capacity = snapshots.current().capacity
 
     def scoring_inputs(self) -> tuple[Room, float]:
         snapshot = self.snapshots.current()
-        self.capacity = snapshot.capacity
-        if snapshot.window:
-            self._window = NodeWindow.from_dict(snapshot.window)
+        if snapshot is not self._windowed:  # once per snapshot, not per call
+            self._windowed = snapshot
+            self.capacity = snapshot.capacity
+            if snapshot.window:
+                self._window = NodeWindow.from_dict(snapshot.window)
         return snapshot.room, snapshot.stall_percent
 
     @node_rpc
