@@ -114,6 +114,7 @@ class ApiConfig:
     max_watchers: int  # WatchNodeEvents streams over TCP
     audit_log: Path | None  # None = <state_dir>/audit.log
     event_history: int  # events kept for WatchNodeEvents clients that resume
+    readers: int  # processes serving the TCP listener's reads (docs/node-api.md); 0 = none
 
 
 @dataclass(frozen=True)
@@ -475,6 +476,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "max_watchers": (128, _count),
         "audit_log": ("", _optional_path),
         "event_history": (16384, _count),
+        "readers": (0, _int_range(0, 64)),
     },
     "prometheus": {
         "listen": ("127.0.0.1:9464", _listen),

@@ -37,6 +37,12 @@ class Reservations:
         self.clock = clock
         self._lock = threading.Lock()
         self._live: dict[str, Reservation] = {}
+        # Told after every change (the reader processes' snapshot, snapshot.py).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def admit(
         self,
@@ -62,7 +68,8 @@ class Reservations:
                 owner=owner,
             )
             self._live[reservation.id] = reservation
-            return reservation, ""
+        self._changed()
+        return reservation, ""
 
     def get(self, reservation_id: str) -> Reservation | None:
         with self._lock:
@@ -73,7 +80,9 @@ class Reservations:
         """Remove and return a live reservation (release, or used by a session)."""
         with self._lock:
             found = self._live.pop(reservation_id, None)
-            return found if found and found.expires_at > self.clock() else None
+        if found is not None:
+            self._changed()
+        return found if found and found.expires_at > self.clock() else None
 
     def live(self) -> list[Reservation]:
         now = self.clock()
@@ -83,7 +92,10 @@ class Reservations:
     def expire(self) -> list[Reservation]:
         """Drop expired reservations (housekeeping); returns them."""
         with self._lock:
-            return self._expire_locked(self.clock())
+            gone = self._expire_locked(self.clock())
+        if gone:
+            self._changed()
+        return gone
 
     def _expire_locked(self, now: float) -> list[Reservation]:
         gone = [r for r in self._live.values() if r.expires_at <= now]

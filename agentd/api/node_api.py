@@ -3,22 +3,31 @@ call to construct, one per second of housekeeping, one to stop."""
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
+import time
 from pathlib import Path
 
 import structlog
 from grpc_health.v1 import health
 
+from agentd.api import snapshot
 from agentd.api.audit import AuditLog
 from agentd.api.auth import Authenticator
 from agentd.api.node_sampler import NodeSampler
 from agentd.api.node_service import NodeService, WatchLimits
 from agentd.api.peercred import TokenRegistry
 from agentd.api.ratelimit import RateLimiter
-from agentd.api.tcp_server import TcpServer
+from agentd.api.reader import ReaderSpec
+from agentd.api.readers import ReaderPool, ReaderStartError
+from agentd.api.shared_ratelimit import SharedRateLimiter
+from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotPublisher
+from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, TcpServer
 from agentd.config import Config
 from agentd.control import Control
 from agentd.manager import Manager, NodeLimits
+from agentd.predictor import model_path
 from agentd.reservations import Reservations
 from agentd.scoring import Capacity, Predictor
 
@@ -30,6 +39,22 @@ def _pid_capacity() -> int:
         return int(Path("/proc/sys/kernel/pid_max").read_text())
     except (OSError, ValueError):
         return 32768  # the kernel's default pid_max
+
+
+def build_snapshot(service: NodeService, generation: int) -> NodeSnapshot:
+    """What the reader processes answer from, as the daemon sees it now."""
+    state = service.node_state()  # first: its resume token precedes what it shows
+    room, stall = service.scoring_inputs()
+    window = getattr(service.predictor, "window", None)  # PlacementPredictor's
+    return NodeSnapshot(
+        state=state.SerializeToString(),
+        room=room,
+        stall_percent=stall,
+        capacity=service.capacity,
+        window=window().as_dict() if window is not None else {},
+        published_at=time.time(),
+        generation=generation,
+    )
 
 
 class NodeApi:
@@ -64,6 +89,8 @@ class NodeApi:
             watch_limits=WatchLimits(tcp=cfg.api.max_watchers),
         )
         self.tcp: TcpServer | None = None
+        self.readers: ReaderPool | None = None
+        self.publisher: SnapshotPublisher | None = None
 
     def start_tcp(self, health_servicer: health.HealthServicer) -> None:
         """The TCP listener when configured; an unusable one (port taken, unreadable
@@ -73,6 +100,9 @@ class NodeApi:
         if not api.tcp_listen:
             return
         assert api.tls_cert and api.tls_key and api.tls_client_ca  # config.py checks
+        if api.readers > 0:
+            self._start_readers(health_servicer)
+            return
         self.tcp = TcpServer(
             api.tcp_listen,
             api.tls_cert,
@@ -84,6 +114,58 @@ class NodeApi:
         self.tcp.start()
         log.info("api.tcp_listening", address=api.tcp_listen, port=self.tcp.port)
 
+    def _start_readers(self, health_servicer: health.HealthServicer) -> None:
+        """`[api] readers` processes on the TCP port (docs/node-api.md): the snapshot
+        they answer reads from, the forward socket they pass the rest to, then them."""
+        api = self.cfg.api
+        assert api.tls_cert and api.tls_key and api.tls_client_ca
+        directory = Path(self.cfg.daemon.state_dir) / "api-readers"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)  # it holds the socket that is trusted to name callers
+        service = self.service
+        # One bucket per caller across the daemon and the readers.
+        buckets = directory / "ratelimit.buckets"
+        snapshot.remove(buckets)  # a previous run's
+        service.limiter = SharedRateLimiter(buckets, api.rate_limit, api.rate_burst)
+        self.publisher = SnapshotPublisher(
+            directory / "node.snapshot",
+            ChangeCounter(directory / "generation", writer=True),
+            lambda generation: build_snapshot(service, generation),
+            service.manager.bus,
+        )
+        self.publisher.start()
+        service.after_change = self.publisher.publish
+        self.reservations.on_change = self.publisher.changed
+        forward = directory / "forward.sock"
+        snapshot.remove(forward)  # a previous run's
+        self.tcp = TcpServer("", None, None, None, service, health_servicer, forward_socket=forward)
+        self.tcp.start()
+        spec = functools.partial(
+            ReaderSpec,
+            address=api.tcp_listen,
+            tls_cert=str(api.tls_cert),
+            tls_key=str(api.tls_key),
+            tls_client_ca=str(api.tls_client_ca),
+            snapshot=str(self.publisher.path),
+            generation=str(directory / "generation"),
+            forward_socket=str(forward),
+            rate_limit=api.rate_limit,
+            rate_burst=api.rate_burst,
+            rate_buckets=str(buckets),
+            max_request_bytes=MAX_REQUEST_BYTES,
+            max_response_bytes=MAX_RESPONSE_BYTES,
+            model=str(model_path(self.cfg)),
+            daemon_pid=os.getpid(),
+            log_format=self.cfg.daemon.log_format,
+            log_level=self.cfg.daemon.log_level,
+        )
+        self.readers = ReaderPool(api.readers, lambda fd: spec(ready_fd=fd))
+        try:
+            self.readers.start()
+        except ReaderStartError as e:
+            raise RuntimeError(str(e)) from None
+        log.info("api.readers_listening", address=api.tcp_listen, pids=self.readers.pids)
+
     def housekeeping(self) -> None:
         self.sampler.sample()
         for reservation in self.reservations.expire():
@@ -91,6 +173,10 @@ class NodeApi:
 
     def stop(self) -> None:
         self.service.stopping.set()
+        if self.readers is not None:
+            self.readers.stop()
         if self.tcp is not None:
             self.tcp.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         self.audit.close()

@@ -21,6 +21,7 @@ from agentd.api.auth import ADMISSION_METHODS, CONTROL_METHODS, Authenticator, P
 from agentd.api.node_events import overflow, parse_token, to_node_event, token
 from agentd.api.node_sampler import NodeSampler, Pressure
 from agentd.api.ratelimit import RateLimiter
+from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.status import internal, to_status
 from agentd.cgroups.base import CgroupError
 from agentd.control import Control, ControlResult, Target
@@ -54,6 +55,9 @@ AUDITED = CONTROL_METHODS | ADMISSION_METHODS
 RESPONSE_CACHE = 1024
 # Node-wide sums (allocated, room) count every session, whoever asks.
 _ALL = Caller(uid=0, gid=0, pid=0)
+#: Who the published snapshot is built for: what any TCP client (scheduler or observer,
+#: both node-wide) may see.
+NODE_WIDE_PRINCIPAL = Principal(name="snapshot", role=Role.SCHEDULER, transport="tcp", caller=_ALL)
 
 Response = TypeVar("Response")
 
@@ -111,13 +115,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         reservations: Reservations,
         sampler: NodeSampler,
         auth: Authenticator,
-        limiter: RateLimiter,
+        limiter: RateLimiter | SharedRateLimiter,
         audit: AuditLog | None,
         node_name: str,
         capacity: Capacity,
         predictor: Predictor | None = None,
         watch_limits: WatchLimits | None = None,
         on_session_evicted: Callable[[str], None] | None = None,
+        after_change: Callable[[], None] | None = None,
     ) -> None:
         self.manager = manager
         self.control = control
@@ -131,6 +136,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self.predictor = predictor
         self.watch_limits = watch_limits or WatchLimits()
         self.on_session_evicted = on_session_evicted
+        # Called after every successful control or admission call, before it answers:
+        # the reader processes' snapshot is republished (readers.py), so that a
+        # scheduler's next score, on any process, sees its own reservation.
+        self.after_change = after_change
         self.stopping = threading.Event()  # ends watch streams at shutdown
         self._watch_lock = threading.Lock()
         self._watches: dict[str, int] = {}  # principal key -> open streams
@@ -161,6 +170,11 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             self._audit(name, principal, request, "failed")
             return None, internal(f"{type(e).__name__}: {e}")
         self._audit(name, principal, request, "ok", result=result)
+        if name in AUDITED and self.after_change is not None:
+            try:
+                self.after_change()
+            except Exception:  # the action is done: a failed publish must not undo it
+                log.exception("rpc.after_change_failed", method=name)
         return result, None
 
     def principal(self, context: grpc.ServicerContext) -> Principal:
@@ -211,8 +225,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "candidates", f"{len(request.candidates)} given, at most {MAX_CANDIDATES}"
             )
         parsed = [_candidate(c, f"candidates[{i}]") for i, c in enumerate(request.candidates)]
-        room = self._room(self.reservations.live())
-        stall = self._stall_percent()
+        room, stall = self.scoring_inputs()
         response = pb.ScorePlacementResponse()
         predictions = self._predict_all([(intent, budget) for _, intent, budget in parsed])
         _check_deadline(context)
@@ -431,6 +444,18 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 del self._watches[who.key]
 
     # ---- helpers ------------------------------------------------------------------
+
+    def scoring_inputs(self) -> tuple[Room, float]:
+        """What ScorePlacement scores against: the room left (live reservations
+        counted) and the node's stall percent. A reader process (reader.py) answers
+        with the daemon's published ones instead."""
+        return self._room(self.reservations.live()), self._stall_percent()
+
+    def node_state(self) -> pb.GetNodeStateResponse:
+        """The node-wide state with tool calls, as a scheduler would get it: what the
+        reader processes answer GetNodeState from (snapshot.py)."""
+        request = pb.GetNodeStateRequest(include_tool_calls=True)
+        return NodeService.GetNodeState.__wrapped__(self, NODE_WIDE_PRINCIPAL, request, None)
 
     def _allocated(self, reservations: list[Reservation]) -> Resources:
         budgets = total([s.budget for s in self.manager.list_sessions(_ALL)])

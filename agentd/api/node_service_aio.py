@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 
 from agentd.api.node_service import NodeService
+from agentd.api.reader import FORWARDED_CERT, FORWARDED_PEER
 from agentd.api.status import to_status
 from agentd.errors import AgentdError
 from agentd.events import Event, EventBus
@@ -84,6 +85,27 @@ class BusWakeup:
         self._subscription.close()
 
 
+class ForwardedContext:
+    """A call a reader process passed on (reader.py), on the daemon's forward socket:
+    the caller is the client certificate the reader's TLS handshake verified, sent as
+    metadata. Only that socket (root-only, in a 0700 directory) wraps its calls in
+    this; the same metadata on any other listener is ignored."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self._metadata = dict(context.invocation_metadata() or ())
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        cert = self._metadata.get(FORWARDED_CERT)
+        return {"x509_pem_cert": [cert]} if isinstance(cert, bytes) else {}
+
+    def peer(self) -> str:
+        return f"reader:{self._metadata.get(FORWARDED_PEER, '?')}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -100,10 +122,11 @@ def _unary(name: str) -> Callable[..., Any]:
         return False
 
     async def handler(self: AioNodeService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self.caller_context(context)
         if inline(self.service, request):
-            result, status = self.service.serve(method, request, context)
+            result, status = self.service.serve(method, request, caller)
         else:
-            call = functools.partial(self.service.serve, method, request, context)
+            call = functools.partial(self.service.serve, method, request, caller)
             result, status = await asyncio.get_running_loop().run_in_executor(self.executor, call)
         if status is not None:
             await _abort(context, status)
@@ -114,10 +137,17 @@ def _unary(name: str) -> Callable[..., Any]:
 
 
 class AioNodeService(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, service: NodeService, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, service: NodeService, executor: ThreadPoolExecutor, forwarded: bool = False
+    ) -> None:
         self.service = service
         self.executor = executor
+        self.forwarded = forwarded  # the forward socket of the reader processes
         self.wakeup: BusWakeup | None = None  # made on the loop (start)
+
+    def caller_context(self, context: grpc.aio.ServicerContext) -> Any:
+        """What NodeService identifies the caller from."""
+        return ForwardedContext(context) if self.forwarded else context
 
     def start(self) -> None:
         """On the event loop, before serving."""
@@ -145,7 +175,7 @@ class AioNodeService(node_pb2_grpc.NodeServiceServicer):
         assert self.wakeup is not None, "start() was not called on the loop"
         try:
             # A session lookup and a token check: cheap, no I/O.
-            watch = service.open_watch(request, context)
+            watch = service.open_watch(request, self.caller_context(context))
         except AgentdError as e:
             await _abort(context, to_status(e))
             return

@@ -84,28 +84,39 @@ class AioHealth(health_pb2_grpc.HealthServicer):
 
 
 class TcpServer:
+    """The TCP listener; or, with `forward_socket`, the unix socket on which the
+    reader processes (reader.py) pass on the calls they do not answer, each with the
+    certificate their TLS handshake verified (ForwardedContext)."""
+
     def __init__(
         self,
         address: str,
-        cert: Path,
-        key: Path,
-        client_ca: Path,
+        cert: Path | None,
+        key: Path | None,
+        client_ca: Path | None,
         service: NodeService,
         health_servicer: health.HealthServicer,
+        forward_socket: Path | None = None,
     ) -> None:
-        self.address = address
+        self.address = f"unix:{forward_socket}" if forward_socket else address
+        self.forward_socket = forward_socket
         self.service = service
         self.health = health_servicer
-        self.credentials = grpc.ssl_server_credentials(
-            [(key.read_bytes(), cert.read_bytes())],
-            root_certificates=client_ca.read_bytes(),
-            require_client_auth=True,
-        )
+        self.credentials = None
+        if forward_socket is None:
+            assert cert and key and client_ca
+            self.credentials = grpc.ssl_server_credentials(
+                [(key.read_bytes(), cert.read_bytes())],
+                root_certificates=client_ca.read_bytes(),
+                require_client_auth=True,
+            )
         self.executor = ThreadPoolExecutor(OFFLOAD_WORKERS, thread_name_prefix="agentd-tcp")
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
-        self._aio_service = AioNodeService(service, self.executor)
+        self._aio_service = AioNodeService(
+            service, self.executor, forwarded=forward_socket is not None
+        )
         self._thread = threading.Thread(target=self._run, name="agentd-tcp-loop", daemon=True)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -148,9 +159,16 @@ class TcpServer:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         server = self._server = self._build()
-        self.port = server.add_secure_port(self.address, self.credentials)
+        if self.credentials is None:
+            self.port = server.add_insecure_port(self.address)
+        else:
+            self.port = server.add_secure_port(self.address, self.credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
+        if self.forward_socket is not None:
+            # Whoever can connect here is trusted to name the caller: root only (its
+            # directory is 0700 too).
+            self.forward_socket.chmod(0o600)
         self._aio_service.start()
         await server.start()
         self._started.set()

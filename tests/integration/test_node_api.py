@@ -32,11 +32,14 @@ NOBODY = 65534
 TIMEOUT = 10
 
 
-@pytest.fixture
+@pytest.fixture(params=[0, 2], ids=["daemon", "readers"])
 def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeDaemon]:
+    """Every test twice: the daemon serving TCP itself, and two reader processes on
+    its port (docs/node-api.md) that answer the reads and pass the rest on."""
     require_cgroup_v1()
     marker = request.node.get_closest_marker("node_api")
-    running = node_daemon(tmp_path, *(marker.args if marker else ()))
+    api, *rest = marker.args if marker else ("",)
+    running = node_daemon(tmp_path, f"{api}\nreaders = {request.param}", *rest)
     yield running
     leftovers = running.daemon.cleanup()
     assert not leftovers, f"groups left behind: {leftovers}"

@@ -1,0 +1,321 @@
+"""A reader process: one of `[api] readers` processes sharing the TCP listener's port
+(SO_REUSEPORT: the kernel spreads connections over them), so that NodeService's
+reads use every core instead of the daemon's one GIL (docs/node-api.md).
+
+- ScorePlacement and GetNodeState are answered here, from the snapshot the daemon
+  publishes (snapshot.py), by NodeService's own code (ReaderNodeService is a
+  NodeService whose scoring inputs and state come from the snapshot): same
+  validation, roles from the verified client certificate, deadline and errors.
+- Every other call (Admit, ReleaseReservation, Throttle, Freeze, Resume, Evict,
+  WatchNodeEvents, health, reflection) is passed, bytes unchanged, to the daemon's
+  forward socket with the caller's verified certificate and its deadline; the daemon
+  identifies, rate-limits, role-checks and audits it as if it had come to it directly
+  (node_service_aio.ForwardedContext). Its status and details come back unchanged.
+
+Started by the daemon (readers.py) as `python -m agentd.api.reader SPEC_JSON`; it dies
+with the daemon (PR_SET_PDEATHSIG), so a killed daemon leaves no reader behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from agentd.api.auth import Authenticator
+from agentd.api.node_service import NodeService, node_rpc
+from agentd.api.peercred import TokenRegistry
+from agentd.api.shared_ratelimit import SharedRateLimiter
+from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotFile
+from agentd.log import configure_logging
+from agentd.metrics.window import NodeWindow
+from agentd.scoring import Room
+from agentd.v1 import node_pb2 as pb
+
+log = structlog.get_logger("agentd.api.reader")
+
+#: Metadata the daemon's forward socket reads the caller from; a client's own
+#: metadata of these names is dropped before forwarding.
+FORWARDED_CERT = "agentd-forwarded-cert-bin"
+FORWARDED_PEER = "agentd-forwarded-peer"
+_PR_SET_PDEATHSIG = 1
+#: How long a read waits for the snapshot of a change the daemon just made (it is
+#: built at once: ~1-3 ms) before asking the daemon instead.
+FRESH_WAIT_SECONDS = 0.1
+FRESH_POLL_SECONDS = 0.001
+# Sent on by grpc itself, or ours: never taken from the client.
+_NOT_FORWARDED = ("agentd-forwarded-", "grpc-", ":", "user-agent")
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    address: str  # the TCP listener, "host:port"
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    snapshot: str  # the published NodeSnapshot
+    generation: str  # the daemon's ChangeCounter
+    forward_socket: str  # the daemon's unix socket for everything else
+    rate_limit: float
+    rate_burst: int
+    rate_buckets: str  # the token buckets shared with the daemon (shared_ratelimit.py)
+    max_request_bytes: int
+    max_response_bytes: int
+    model: str  # the predictor's model file ("" = the fallback rule)
+    daemon_pid: int
+    log_format: str  # as the daemon's ([daemon] log_format, log_level)
+    log_level: str
+    ready_fd: int  # written to once listening
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _streaming() -> dict[str, tuple[bool, bool]]:
+    """(request streams, response streams) of every method a reader forwards."""
+    methods: dict[str, tuple[bool, bool]] = {}
+    for module in (pb, health_pb2, reflection_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                methods[f"/{service.full_name}/{m.name}"] = (m.client_streaming, m.server_streaming)
+    return methods
+
+
+class ReaderNodeService(NodeService):
+    """NodeService's reads over a published snapshot. Only ScorePlacement and
+    GetNodeState are routed to it; the rest of NodeService's state is not here."""
+
+    def __init__(self, snapshots: SnapshotFile, limiter: SharedRateLimiter, model: str) -> None:
+        # Not NodeService.__init__: no manager, control or reservations in a reader.
+        self.snapshots = snapshots
+        self.auth = Authenticator(TokenRegistry())  # TCP: certificates only
+        self.limiter = limiter
+        self.audit = None  # reads are not audited
+        self.after_change = None
+        self.stopping = threading.Event()
+        self._window = NodeWindow()
+        self._windowed: NodeSnapshot | None = None  # the snapshot _window is from
+        self.predictor = _placement_predictor(model, lambda: self._window)
+        self.capacity = snapshots.current().capacity
+
+    def scoring_inputs(self) -> tuple[Room, float]:
+        snapshot = self.snapshots.current()
+        if snapshot is not self._windowed:  # once per snapshot, not per call
+            self._windowed = snapshot
+            self.capacity = snapshot.capacity
+            if snapshot.window:
+                self._window = NodeWindow.from_dict(snapshot.window)
+        return snapshot.room, snapshot.stall_percent
+
+    @node_rpc
+    def GetNodeState(self, who: Any, request: pb.GetNodeStateRequest, context: Any):
+        # Every TCP principal (scheduler, observer) sees the node-wide state.
+        return self.snapshots.state(with_tool_calls=request.include_tool_calls)
+
+
+def _placement_predictor(model: str, window: Callable[[], NodeWindow]) -> Any:
+    from agentd.predictor.placement import PlacementPredictor
+    from agentd.predictor.predictor import Predictor
+
+    return PlacementPredictor(Predictor.load(Path(model) if model else None), window)
+
+
+class Forwarder:
+    """Passes a call to the daemon's forward socket with the caller's certificate."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix:{socket_path}")
+        self.methods = _streaming()
+
+    @staticmethod
+    def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, str | bytes]] | None:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            return None
+        metadata = [
+            (k, v)
+            for k, v in context.invocation_metadata() or ()
+            if not k.startswith(_NOT_FORWARDED)
+        ]
+        metadata += [(FORWARDED_CERT, bytes(certs[0])), (FORWARDED_PEER, context.peer())]
+        return metadata
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler | None:
+        kind = self.methods.get(method)
+        if kind is None:
+            return None  # UNIMPLEMENTED, as on the daemon
+        client_streaming, server_streaming = kind
+        if client_streaming and server_streaming:
+            return grpc.stream_stream_rpc_method_handler(self._stream(method, True))
+        if server_streaming:
+            return grpc.unary_stream_rpc_method_handler(self._stream(method, False))
+        return grpc.unary_unary_rpc_method_handler(self._unary(method))
+
+    async def _prepare(self, context: grpc.aio.ServicerContext) -> tuple[list[Any], float | None]:
+        metadata = self._metadata(context)
+        if metadata is None:  # the handshake requires one: never here
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        return metadata, context.time_remaining()  # type: ignore[return-value]
+
+    def _unary(self, method: str) -> Callable[..., Any]:
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self.call(method, request, context)
+
+        return forward
+
+    async def call(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The daemon's answer to unary `method`, or its status as this call's."""
+        metadata, timeout = await self._prepare(context)
+        try:
+            return await self.channel.unary_unary(method)(
+                request, metadata=metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            await _pass_on(e, context)
+            raise  # unreachable: abort raises
+
+    def _stream(self, method: str, client_streaming: bool) -> Callable[..., Any]:
+        """A server-streaming method (WatchNodeEvents, health Watch), or a bidi one
+        (reflection): `requests` is then the client's request iterator."""
+        if client_streaming:
+            stream = self.channel.stream_stream(method)
+        else:
+            stream = self.channel.unary_stream(method)
+
+        async def forward(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            metadata, timeout = await self._prepare(context)
+            call = stream(requests, metadata=metadata, timeout=timeout)
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as e:
+                await _pass_on(e, context)
+            finally:
+                call.cancel()  # the client went away: so does the daemon's stream
+
+        return forward
+
+
+async def _pass_on(error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
+    """The daemon's status, details and trailing metadata (RetryInfo, BadRequest),
+    unchanged."""
+    trailing = tuple((k, v) for k, v in (error.trailing_metadata() or ()))
+    await context.abort(error.code(), error.details() or "", trailing)
+
+
+class ReaderHandler(grpc.GenericRpcHandler):
+    """ScorePlacement and GetNodeState here, everything else forwarded."""
+
+    def __init__(self, service: ReaderNodeService, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.local = {
+            f"/agentd.v1.NodeService/{name}": _local(service, forwarder, name, request, response)
+            for name, request, response in (
+                ("ScorePlacement", pb.ScorePlacementRequest, pb.ScorePlacementResponse),
+                ("GetNodeState", pb.GetNodeStateRequest, pb.GetNodeStateResponse),
+            )
+        }
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        return self.local.get(method) or self.forwarder.handler(method)
+
+
+async def fresh(snapshots: SnapshotFile) -> bool:
+    """Wait for a snapshot as new as the daemon's last change; False after
+    FRESH_WAIT_SECONDS (the daemon is busy: the caller asks it directly)."""
+    waited = 0.0
+    while snapshots.stale():
+        if waited >= FRESH_WAIT_SECONDS:
+            return False
+        await asyncio.sleep(FRESH_POLL_SECONDS)
+        waited += FRESH_POLL_SECONDS
+    return True
+
+
+def _local(
+    service: ReaderNodeService, forwarder: Forwarder, name: str, request: Any, response: Any
+) -> Any:
+    """On the loop, no thread hand-off: a snapshot read and arithmetic."""
+    method = getattr(type(service), name).__wrapped__
+    path = f"/agentd.v1.NodeService/{name}"
+
+    async def handler(message: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not await fresh(service.snapshots):
+            answer = await forwarder.call(path, message.SerializeToString(), context)
+            return response.FromString(answer)
+        result, status = service.serve(method, message, context)
+        if status is not None:
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        return result
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler,
+        request_deserializer=request.FromString,
+        response_serializer=response.SerializeToString,
+    )
+
+
+async def serve(spec: ReaderSpec) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    service = ReaderNodeService(
+        SnapshotFile(Path(spec.snapshot), ChangeCounter(Path(spec.generation), writer=False)),
+        SharedRateLimiter(Path(spec.rate_buckets), spec.rate_limit, spec.rate_burst),
+        spec.model,
+    )
+    forwarder = Forwarder(spec.forward_socket)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", spec.max_request_bytes),
+            ("grpc.max_send_message_length", spec.max_response_bytes),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    server.add_generic_rpc_handlers([ReaderHandler(service, forwarder)])
+    credentials = grpc.ssl_server_credentials(
+        [(Path(spec.tls_key).read_bytes(), Path(spec.tls_cert).read_bytes())],
+        root_certificates=Path(spec.tls_client_ca).read_bytes(),
+        require_client_auth=True,
+    )
+    if server.add_secure_port(spec.address, credentials) == 0:
+        raise OSError(f"cannot listen on {spec.address}")
+    await server.start()
+    os.write(spec.ready_fd, b"1")
+    os.close(spec.ready_fd)
+    log.info("reader.listening", address=spec.address, pid=os.getpid())
+    await stop.wait()
+    await server.stop(1.0)
+    await forwarder.channel.close()
+
+
+def main(argv: list[str]) -> int:
+    spec = ReaderSpec(**json.loads(argv[1]))
+    configure_logging(spec.log_format, spec.log_level)
+    # Die with the daemon, whatever kills it (readers.py stops us first otherwise).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != spec.daemon_pid:
+        return 1  # the daemon died before the prctl took effect
+    asyncio.run(serve(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,197 @@
+"""The node state the reader processes answer from (readers.py, reader.py).
+
+The daemon publishes, into a file of a root-only directory, everything NodeService's
+read calls need: the node-wide GetNodeState answer (with tool calls), the room left
+and stall percent that ScorePlacement scores against, the capacity, and the
+predictor's node window. A reader stats the file on each call and reloads it when it
+was replaced (written whole, then renamed: a reader never sees half a snapshot).
+
+When it is published: after every successful control or admission call, before that
+call answers (NodeService.after_change); at once when the daemon publishes an event
+(sessions opened and closed, tool calls, throttling...) or a reservation changes
+(admitted, used by a session, released, expired); and every `interval` seconds
+otherwise (usage, pressure).
+
+Read-your-writes across processes: every such change first bumps a generation
+number in a shared 8-byte file (ChangeCounter: no lock, no system call), and each
+snapshot carries the generation it was built after. A reader whose snapshot is
+older than the counter waits for the next one (reader.py: at most FRESH_WAIT_SECONDS,
+then it passes the call to the daemon). So once CreateSession, Admit or Evict has
+answered, no reader answers with the state from before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import pickle
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agentd.events import EventBus
+from agentd.scoring import Capacity, Room
+from agentd.v1 import node_pb2 as pb
+
+log = structlog.get_logger("agentd.api.snapshot")
+
+#: Usage and pressure in a snapshot are at most this old (GetNodeState on the daemon
+#: samples anew past 0.2 s).
+PUBLISH_INTERVAL_SECONDS = 0.1
+
+
+_COUNTER = struct.Struct("<Q")
+
+
+class ChangeCounter:
+    """A generation number in a shared file: the daemon bumps it, readers read it."""
+
+    def __init__(self, path: Path, writer: bool) -> None:
+        flags = os.O_RDWR | os.O_CREAT if writer else os.O_RDONLY
+        fd = os.open(path, flags, 0o600)
+        try:
+            if writer:
+                os.ftruncate(fd, _COUNTER.size)
+            access = mmap.ACCESS_WRITE if writer else mmap.ACCESS_READ
+            self._map = mmap.mmap(fd, _COUNTER.size, access=access)
+        finally:
+            os.close(fd)
+        self._lock = threading.Lock()
+
+    def value(self) -> int:
+        return _COUNTER.unpack_from(self._map)[0]
+
+    def bump(self) -> None:
+        with self._lock:  # one writing process; its threads in turn
+            _COUNTER.pack_into(self._map, 0, self.value() + 1)
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    state: bytes  # a serialized GetNodeStateResponse (node-wide, with tool calls)
+    room: Room
+    stall_percent: float
+    capacity: Capacity
+    window: dict[str, float] = field(default_factory=dict)  # NodeWindow.as_dict()
+    published_at: float = 0.0  # time.time()
+    generation: int = 0  # the ChangeCounter's value before it was built
+
+
+class SnapshotPublisher:
+    """Daemon side: builds a NodeSnapshot with `build` and writes it to `path`."""
+
+    def __init__(
+        self,
+        path: Path,
+        counter: ChangeCounter,
+        build: Callable[[int], NodeSnapshot],
+        bus: EventBus,
+        interval: float = PUBLISH_INTERVAL_SECONDS,
+    ) -> None:
+        """`build(generation)`: the snapshot as of now."""
+        self.path = path
+        self.counter = counter
+        self.build = build
+        self.interval = interval
+        self._write_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        # The filter is the hook: any event (a session opened or closed, a tool call,
+        # a throttle) republishes at once; the subscription keeps nothing.
+        self._subscription = bus.subscribe(self._on_event, maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="agentd-snapshot", daemon=True)
+
+    def _on_event(self, _event: object) -> bool:
+        self.changed()
+        return False
+
+    def changed(self) -> None:
+        """Something readers show changed: from now on they wait for a newer
+        snapshot, which is built at once. Cheap, takes no daemon lock: called from
+        the event bus's publish and the reservation table."""
+        self.counter.bump()
+        self._dirty.set()
+
+    def start(self) -> None:
+        self.publish()
+        self._thread.start()
+
+    def publish(self) -> None:
+        """Build and write a snapshot now (the caller's change is in it when this
+        returns)."""
+        with self._write_lock:
+            snapshot = self.build(self.counter.value())  # read first: never newer
+            partial = self.path.with_name(self.path.name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(partial, self.path)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait(self.interval)
+            self._dirty.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.publish()
+            except Exception:  # keep publishing: readers serve the last one meanwhile
+                log.exception("snapshot.publish_failed")
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._subscription.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+class SnapshotFile:
+    """Reader side: the latest snapshot at `path`, reloaded when the file is replaced
+    (one stat a call: ~2 us)."""
+
+    def __init__(self, path: Path, counter: ChangeCounter) -> None:
+        self.path = path
+        self.counter = counter
+        self._inode: tuple[int, int] | None = None
+        self._snapshot: NodeSnapshot | None = None
+        self._states: dict[bool, pb.GetNodeStateResponse] = {}
+
+    def current(self) -> NodeSnapshot:
+        """Raises FileNotFoundError before the daemon's first publication."""
+        st = os.stat(self.path)
+        inode = (st.st_ino, st.st_mtime_ns)
+        if inode != self._inode or self._snapshot is None:
+            with open(self.path, "rb") as f:
+                # Written by the daemon (root) into a 0700 root directory.
+                snapshot = pickle.loads(f.read())
+            self._snapshot, self._inode, self._states = snapshot, inode, {}
+        return self._snapshot
+
+    def stale(self) -> bool:
+        """The daemon changed something since the current snapshot was built."""
+        return self.current().generation < self.counter.value()
+
+    def state(self, with_tool_calls: bool) -> pb.GetNodeStateResponse:
+        """The snapshot's GetNodeState answer (its sessions' running tool calls only
+        when asked for, as on the daemon), built once per snapshot: never change it."""
+        snapshot = self.current()
+        if with_tool_calls not in self._states:
+            state = pb.GetNodeStateResponse.FromString(snapshot.state)
+            if not with_tool_calls:
+                for view in state.state.sessions:
+                    del view.tool_calls[:]
+            self._states[with_tool_calls] = state
+        return self._states[with_tool_calls]
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,174 @@
+// A native (C++ gRPC) closed-loop load client for bench/api_load.py: what a
+// scheduler's own client (kube-scheduler extenders are Go, others C++/Java) costs,
+// so that the daemon, not a Python load generator, is what is measured.
+//
+// Sends one pre-serialized request (made by the bench from the proto) to one method
+// with a generic stub: no generated code, so no protoc step. Every call's status is
+// checked (a non-OK status, or an empty response, is an error); the last response is
+// written out for the bench to decode and check.
+//
+// usage: unary_load ADDRESS CA CERT KEY METHOD REQUEST_FILE IN_FLIGHT CONNECTIONS
+//                   START_AT_EPOCH SECONDS OUT_PREFIX
+// writes OUT_PREFIX.lat (one latency in ms per line), OUT_PREFIX.resp (the last
+// response), and prints "calls errors cpu_seconds" on stdout.
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+std::string slurp(const char* path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+double epoch_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
+         u.ru_stime.tv_usec / 1e6;
+}
+
+// One call in flight: its own context, response and status, reused for the next.
+struct Slot {
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  std::chrono::steady_clock::time_point began;
+  int connection = 0;
+};
+
+void start_call(Slot& slot, grpc::GenericStub& stub, const std::string& method,
+                const grpc::ByteBuffer& request, grpc::CompletionQueue& cq) {
+  slot.context = std::make_unique<grpc::ClientContext>();
+  slot.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  slot.response.Clear();
+  slot.began = std::chrono::steady_clock::now();
+  slot.reader = stub.PrepareUnaryCall(slot.context.get(), method, request, &cq);
+  slot.reader->StartCall();
+  slot.reader->Finish(&slot.response, &slot.status, &slot);
+}
+
+std::string bytes_of(grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 12) {
+    std::fprintf(stderr,
+                 "usage: %s ADDRESS CA CERT KEY METHOD REQUEST_FILE IN_FLIGHT CONNECTIONS "
+                 "START_AT SECONDS OUT_PREFIX\n",
+                 argv[0]);
+    return 2;
+  }
+  const std::string address = argv[1], method = argv[5], out = argv[11];
+  const int threads = std::stoi(argv[7]), connections = std::stoi(argv[8]);  // threads: in flight
+  const double start_at = std::stod(argv[9]), seconds = std::stod(argv[10]);
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = slurp(argv[2]);
+  tls.pem_cert_chain = slurp(argv[3]);
+  tls.pem_private_key = slurp(argv[4]);
+  const std::string payload = slurp(argv[6]);
+  grpc::Slice slice(payload);
+  const grpc::ByteBuffer request(&slice, 1);
+
+  // One HTTP/2 connection per channel (a distinct channel argument keeps grpc from
+  // sharing the subchannel), so that SO_REUSEPORT listeners each get some.
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int c = 0; c < connections; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt("agentd.bench.connection", c);
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+      std::fprintf(stderr, "unary_load: cannot connect to %s\n", address.c_str());
+      return 1;
+    }
+    channels.push_back(channel);
+  }
+  // One thread drives every call in flight on one completion queue (no thread per
+  // call: the client must cost the shared cores little).
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (auto& channel : channels) stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  grpc::CompletionQueue cq;
+  std::vector<Slot> slots(threads);
+  std::vector<double> latencies;
+  long errors = 0;
+  std::string last_response;
+  {  // warm up every connection, outside the window
+    for (size_t c = 0; c < stubs.size(); ++c) {
+      Slot warm;
+      start_call(warm, *stubs[c], method, request, cq);
+      void* tag = nullptr;
+      bool ok = false;
+      cq.Next(&tag, &ok);
+    }
+  }
+  while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  const double cpu_began = cpu_seconds();
+  const double end = start_at + seconds;
+  for (int t = 0; t < threads; ++t) {
+    slots[t].connection = t % connections;
+    start_call(slots[t], *stubs[slots[t].connection], method, request, cq);
+  }
+  int in_flight = threads;
+  bool stopping = false;
+  while (in_flight > 0) {
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq.Next(&tag, &ok)) break;
+    Slot& slot = *static_cast<Slot*>(tag);
+    --in_flight;
+    const auto done = std::chrono::steady_clock::now();
+    std::string body = ok && slot.status.ok() ? bytes_of(slot.response) : std::string();
+    if (body.empty()) {
+      ++errors;  // a non-OK status, or no response at all
+    } else {
+      latencies.push_back(std::chrono::duration<double, std::milli>(done - slot.began).count());
+      last_response.swap(body);
+    }
+    stopping = stopping || epoch_now() >= end;
+    if (!stopping) {
+      start_call(slot, *stubs[slot.connection], method, request, cq);
+      ++in_flight;
+    }
+  }
+  const double cpu = cpu_seconds() - cpu_began;
+  cq.Shutdown();
+  {
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq.Next(&tag, &ok)) {
+    }
+  }
+  const long calls = static_cast<long>(latencies.size());
+  std::ofstream lat(out + ".lat");
+  for (double l : latencies) lat << l << '\n';
+  if (!last_response.empty()) std::ofstream(out + ".resp", std::ios::binary) << last_response;
+  std::printf("%ld %ld %.6f\n", calls, errors, cpu);
+  return 0;
+}

@@ -1,0 +1,262 @@
+"""The TCP listener's reader processes ([api] readers, docs/node-api.md) on a real
+daemon: they answer with the daemon's current state, control through them is
+role-checked and audited by the daemon, a dying reader does not take the API down,
+and none outlives the daemon. (Every other NodeService test also runs against
+readers: test_node_api.py's fixture is parametrized.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import require_cgroup_v1
+from node_api_support import NodeDaemon, node_daemon
+
+from agentd.sdk.node import tls_channel
+from agentd.v1 import agent_pb2 as apb
+from agentd.v1 import node_pb2 as pb
+from agentd.v1 import node_pb2_grpc
+
+TIMEOUT = 10
+READERS = 2
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeDaemon]:
+    require_cgroup_v1()
+    running = node_daemon(tmp_path, f"readers = {READERS}")
+    yield running
+    leftovers = running.daemon.cleanup()
+    assert not leftovers, f"groups left behind: {leftovers}"
+    assert running.daemon.exit_status in (0, None), running.daemon.logs()[-4000:]
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
+def _readers(node: NodeDaemon) -> set[int]:
+    """The daemon's children running agentd.api.reader."""
+    readers = set()
+    for child in _children(node.daemon.process.pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agentd.api.reader" in cmdline:
+            readers.add(child)
+    return readers
+
+
+def _listening_pids(port: int) -> set[int]:
+    """Processes holding a listening TCP socket on `port` (/proc/net/tcp + fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link == f"socket:[{inode}]" for inode in inodes for link in links):
+            pids.add(int(entry.name))
+    return pids
+
+
+def _stubs(node: NodeDaemon, count: int, client: str = "kube") -> list:
+    """`count` stubs on separate connections (grpc would otherwise share one), so
+    that SO_REUSEPORT spreads them over the readers."""
+    stubs = []
+    for n in range(count):
+        channel = grpc.secure_channel(
+            node.address,
+            grpc.ssl_channel_credentials(
+                root_certificates=(node.certs / "ca.pem").read_bytes(),
+                private_key=(node.certs / f"client-{client}.key").read_bytes(),
+                certificate_chain=(node.certs / f"client-{client}.pem").read_bytes(),
+            ),
+            options=[("grpc.use_local_subchannel_pool", 1), ("test.connection", n)],
+        )
+        stubs.append(node_pb2_grpc.NodeServiceStub(channel))
+    return stubs
+
+
+def _wait_dead(pid: int) -> None:
+    """Until `pid` has exited (a zombie holds no sockets)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{pid} did not exit")
+
+
+def _memory_headroom(stub) -> int:
+    request = pb.ScorePlacementRequest(
+        candidates=[pb.Candidate(id="c", intent=apb.Intent(resources=apb.Resources(cpu="0.1")))]
+    )
+    return stub.ScorePlacement(request, timeout=TIMEOUT).scores[0].memory_headroom_bytes
+
+
+def test_only_the_readers_listen_and_they_answer_with_the_daemons_current_state(node):
+    port = int(node.address.rsplit(":", 1)[1])
+    readers = _readers(node)
+    assert len(readers) == READERS
+    # The daemon holds no TCP listener: every TCP call is a reader's.
+    assert _listening_pids(port) == readers
+    stubs = _stubs(node, 8)
+    before = {_memory_headroom(stub) for stub in stubs}
+    assert len(before) == 1
+    with node.daemon.client() as client:
+        session = client.session("seen-by-readers", memory="64M")
+        # Right after CreateSession answers, every connection (every reader) sees it.
+        for stub in stubs:
+            state = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state
+            assert [v.session.id for v in state.sessions] == [session.id]
+        assert {_memory_headroom(stub) for stub in stubs} == {before.pop() - 64 * 2**20}
+        # An Admit through one connection counts in the next score on every other.
+        admit = pb.AdmitRequest(
+            candidate=pb.Candidate(
+                id="x", intent=apb.Intent(resources=apb.Resources(memory_max="128M"))
+            )
+        )
+        headroom = _memory_headroom(stubs[0])
+        reservation = stubs[0].Admit(admit, timeout=TIMEOUT).reservation
+        assert {_memory_headroom(stub) for stub in stubs} == {headroom - 128 * 2**20}
+        state = stubs[-1].GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state
+        assert [r.id for r in state.reservations] == [reservation.id]
+        released = pb.ReleaseReservationRequest(reservation_id=reservation.id)
+        assert stubs[1].ReleaseReservation(released, timeout=TIMEOUT).released
+        assert {_memory_headroom(stub) for stub in stubs} == {headroom}
+        session.close()
+        for stub in stubs:
+            state = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state
+            assert not state.sessions
+
+
+def test_control_through_a_reader_is_role_checked_and_audited_by_the_daemon(node):
+    with node.daemon.client() as client:
+        session = client.session("controlled", memory="64M")
+        observer = _stubs(node, 1, "grafana")[0]
+        freeze = pb.FreezeRequest(target=pb.Target(session_id=session.id))
+        with pytest.raises(grpc.RpcError) as refused:
+            observer.Freeze(freeze, timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # A client cannot name another caller: the forwarding metadata it sends is
+        # dropped by the reader, the daemon sees the certificate the handshake checked.
+        scheduler_pem = (node.certs / "client-kube.pem").read_bytes()
+        with pytest.raises(grpc.RpcError) as spoofed:
+            observer.Freeze(
+                freeze,
+                timeout=TIMEOUT,
+                metadata=[
+                    ("agentd-forwarded-cert-bin", scheduler_pem),
+                    ("agentd-forwarded-peer", "ipv4:10.0.0.1:1"),
+                ],
+            )
+        assert spoofed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        scheduler = _stubs(node, 1)[0]
+        result = scheduler.Freeze(freeze, timeout=TIMEOUT).result
+        assert result.changed
+        state = scheduler.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state
+        assert [v.frozen for v in state.sessions] == [True]
+        entries = [json.loads(line) for line in node.audit_log.read_text().splitlines()]
+        freezes = [
+            (e["principal"]["name"], e["outcome"]) for e in entries if e["method"] == "Freeze"
+        ]
+        assert freezes[0] == ("grafana", freezes[0][1]) and freezes[0][1].startswith("refused")
+        assert freezes[1][0] == "grafana" and freezes[1][1].startswith("refused")
+        assert freezes[2] == ("kube", "ok")
+        assert all(e["principal"]["transport"] == "tcp" for e in entries if e["method"] == "Freeze")
+        time.sleep(2.1)  # control's anti-flapping interval
+        scheduler.Resume(pb.ResumeRequest(target=freeze.target), timeout=TIMEOUT)
+        session.close()
+
+
+def test_a_reader_that_dies_does_not_take_the_api_down_and_is_replaced(node):
+    port = int(node.address.rsplit(":", 1)[1])
+    victim, survivor = sorted(_readers(node))
+    token = node.stub().GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).resume_token
+    watch = node.stub().WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=token), timeout=60)
+    os.kill(victim, signal.SIGKILL)
+    _wait_dead(victim)
+    # New connections go to the reader still listening, at once. (The connections the
+    # killed one held, or had queued, are reset: their clients reconnect.)
+    for stub in _stubs(node, 6):
+        assert stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.capacity.cpus
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        readers = _readers(node)
+        if len(readers) == READERS and _listening_pids(port) == readers:
+            break
+        time.sleep(0.2)
+    # Replaced: two readers listen again, the survivor and a new one.
+    assert survivor in readers and victim not in readers and len(readers) == READERS
+    assert _listening_pids(port) == readers
+    # A watcher on the killed reader lost its connection; one on the survivor did not.
+    # Either way a client that resumes from its token gets every event.
+    with node.daemon.client() as client:
+        client.session("after-the-kill", memory="16M").close()
+    try:
+        events = [next(watch).event for _ in range(2)]
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE
+        resumed = node.stub().WatchNodeEvents(
+            pb.WatchNodeEventsRequest(resume_token=token), timeout=60
+        )
+        events = [next(resumed).event for _ in range(2)]
+    assert [(e.kind, e.session_id) for e in events] == [
+        (pb.NODE_EVENT_KIND_SESSION_OPENED, "after-the-kill"),
+        (pb.NODE_EVENT_KIND_SESSION_CLOSED, "after-the-kill"),
+    ]
+
+
+def test_no_reader_outlives_the_daemon(node):
+    readers = _readers(node)
+    assert len(readers) == READERS
+    assert node.daemon.stop() == 0
+    for pid in readers:
+        assert not Path(f"/proc/{pid}").exists(), f"reader {pid} left running"
+
+
+def test_readers_die_with_a_killed_daemon(node):
+    readers = _readers(node)
+    node.daemon.process.kill()
+    node.daemon.process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in readers):
+        time.sleep(0.1)
+    assert not [p for p in readers if Path(f"/proc/{p}").exists()]
+
+
+def test_a_tls_channel_of_the_sdk_works_against_readers(node):
+    channel = tls_channel(
+        node.address,
+        node.certs / "ca.pem",
+        node.certs / "client-kube.pem",
+        node.certs / "client-kube.key",
+    )
+    stub = node_pb2_grpc.NodeServiceStub(channel)
+    assert stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.node_name
