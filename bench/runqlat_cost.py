@@ -11,9 +11,13 @@ pipe, pinned to one CPU, so every message is a wake-up and a context switch) run
 - tracked:   the programs attached, the workload tracked as a tool call (its every
              wake-up and switch recorded in the histogram: the worst case).
 
-Reported: switches per second (stress-ng's bogo ops/s, real time) per arm, each arm's
-ratio to `off` in the same round, the implied nanoseconds per switch, the spread over
-rounds and the load average. The machine is shared: compare within a round.
+Reported per arm: round trips per CPU-second of the workload (stress-ng's bogo ops/s
+over usr+sys time: BPF programs run in the context of the task that hits the
+tracepoint, so their time is in the workload's system time; wall-clock throughput on a
+shared 2-CPU node mostly measures the neighbours), each arm's ratio to `off` in the same
+round, the implied CPU nanoseconds per switch, the spread over rounds and the load
+average. With --bpf-stats, also the kernel's own count and run time of each run-queue
+program (kernel.bpf_stats_enabled, a host-wide sysctl: set for the run, then restored).
 
     cd /tmp && sudo /path/to/.venv/bin/python /path/to/bench/runqlat_cost.py --rounds 5
 """
@@ -27,12 +31,29 @@ import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from agentd.metrics.runqlat import RunqReader
-from agentd.tracking.ebpf import EbpfSource
+from agentd.tracking.ebpf import RUNQ_PROGRAMS, EbpfSource
 
 ARMS = ("off", "untracked", "tracked")
-_METRIC = re.compile(r"switch\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+# stress-ng --metrics-brief: bogo ops, real s, usr s, sys s, ops/s real, ops/s usr+sys
+_METRIC = re.compile(r"switch\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def program_stats(source: EbpfSource) -> dict[str, tuple[int, int]]:
+    """(run count, run time ns) of each run-queue program, from its fd's fdinfo."""
+    out = {}
+    for _tp, name in RUNQ_PROGRAMS:
+        fd = source.program_fd(name)
+        fields = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+            if ":\t" in line
+        )
+        out[name] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+    return out
 
 
 def run_workload(source: EbpfSource, seconds: float, track_key: int | None) -> float:
@@ -53,7 +74,7 @@ def run_workload(source: EbpfSource, seconds: float, track_key: int | None) -> f
     m = _METRIC.search(out)
     if m is None:
         raise RuntimeError(f"no stress-ng metrics in: {out[-500:]}")
-    return float(m.group(4))  # bogo ops/s, real time
+    return float(m.group(6))  # bogo ops/s over usr+sys time
 
 
 def main() -> None:
@@ -61,8 +82,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--bpf-stats", action="store_true", help="per-program run time from the kernel")
     args = ap.parse_args()
+    previous_stats = None
+    if args.bpf_stats:
+        with open(BPF_STATS) as f:
+            previous_stats = f.read().strip()
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+    try:
+        measure(args)
+    finally:
+        if previous_stats is not None:
+            with open(BPF_STATS, "w") as f:
+                f.write(previous_stats)
 
+
+def measure(args: argparse.Namespace) -> None:
     source = EbpfSource()
     source.start(lambda ev: None)
     reader = RunqReader(source)
@@ -79,7 +115,13 @@ def main() -> None:
                     reader.start()
                 key += 1
                 tracked = key if arm == "tracked" else None
+                before = program_stats(source) if args.bpf_stats else {}
                 row[arm] = run_workload(source, args.seconds, tracked)
+                if args.bpf_stats and arm != "off":
+                    after = program_stats(source)
+                    for name, (cnt, ns) in after.items():
+                        row[f"{arm}:{name}:runs"] = cnt - before[name][0]
+                        row[f"{arm}:{name}:ns"] = ns - before[name][1]
                 if arm == "tracked":
                     reader.refresh()
                     row["tracked_waits"] = reader.key_sample(key)["rql_count"]
@@ -113,6 +155,17 @@ def main() -> None:
             f"  {statistics.median(added):+.0f} ns/switch "
             f"[{min(added):+.0f}..{max(added):+.0f}]"
         )
+    if args.bpf_stats:
+        print("  kernel's own figures (bpf_stats), median over rounds: runs, ns per run")
+        for arm in ("untracked", "tracked"):
+            for _tp, name in RUNQ_PROGRAMS:
+                runs = [row[f"{arm}:{name}:runs"] for row in rows]
+                per = [row[f"{arm}:{name}:ns"] / r for row, r in zip(rows, runs, strict=True) if r]
+                if per:
+                    print(
+                        f"    {arm:9s} {name:16s} {statistics.median(runs):>12,.0f} runs"
+                        f"  {statistics.median(per):6.0f} ns [{min(per):.0f}-{max(per):.0f}]"
+                    )
     loads = [row["load1"] for row in rows] + [row["load1_end"] for row in rows]
     print(f"  off: {statistics.median(row['off'] for row in rows):,.0f} switches/s median")
     print(f"  load average {min(loads):.1f}-{max(loads):.1f}, {os.cpu_count()} CPUs")

@@ -254,10 +254,20 @@ class EbpfSource:
         links, self._runq_links = self._runq_links, []
         for fd in links:
             os.close(fd)
+        if links:
+            # Waits begun while attached would never be consumed: clear them.
+            self._bpf[b"runq_start"].clear()
 
     @property
     def runq_enabled(self) -> bool:
         return bool(self._runq_links)
+
+    def program_fd(self, fn_name: str) -> int:
+        """The fd of a loaded program (its fdinfo has the kernel's run count and time
+        when kernel.bpf_stats_enabled is on: bench/runqlat_cost.py)."""
+        from bcc import BPF
+
+        return int(self._bpf.load_func(fn_name.encode(), BPF.RAW_TRACEPOINT).fd)
 
     # ---- holding executors' children (see hold_at_first_syscall in tracker.c) --------
 
