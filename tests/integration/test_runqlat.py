@@ -177,3 +177,25 @@ def test_daemon_record_carries_the_run_queue_histogram(agentd: AgentdProcess) ->
     run = records[0].group_run
     assert run["runq_waits_per_s"] > 0, run
     assert 0 < run["runq_p50_us"] <= run["runq_p99_us"], run
+
+
+def test_an_ended_tool_call_leaves_the_maps_but_stays_in_the_node_total(
+    source: EbpfSource,
+) -> None:
+    now = [1000.0]
+    reader = RunqReader(source, clock=lambda: now[0])
+    reader.start()
+    try:
+        run_victim(source, key=9006, cpu=0)
+        reader.refresh()
+        waits = reader.key_sample(9006)["rql_count"]
+        assert waits > 0
+        assert reader.node_sample()["rql_count"] >= waits
+        reader.forget(9006)  # the tool call ended
+        now[0] += 2.0
+        reader.refresh()
+        assert 9006 not in reader_keys(source)  # deleted in the kernel
+        assert not [k for k in source.table("runq_hist") if k.key == 9006]
+        assert reader.node_sample()["rql_count"] >= waits  # and still counted for the node
+    finally:
+        reader.close()
