@@ -92,6 +92,7 @@ class CollectorConfig:
     window_seconds: float  # how much node history the ring keeps
     max_groups: int  # tool calls sampled at once; more are counted, not sampled
     dataset: bool  # record every finished tool call in <state_dir>/dataset.sqlite
+    runq_histogram: bool = True  # eBPF run-queue latency per tool call (docs/runqlat.md)
 
 
 @dataclass(frozen=True)
@@ -460,6 +461,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "window_seconds": (60, _positive_seconds),
         "max_groups": (512, _int_range(1, 100_000)),
         "dataset": (True, _bool),
+        "runq_histogram": (True, _bool),
     },
     "predictor": {
         "model": ("", _optional_path),

@@ -271,7 +271,7 @@ class Daemon:
         recovered = manager.recover()
         # Interference metrics and the dataset (docs/metrics.md); the predictor reads
         # the collector's node window (self.collector.node_window()).
-        self.collector = build_collector(cfg, backend, bus)
+        self.collector = build_collector(cfg, backend, bus, tracker)
         if self.collector is not None:
             self.collector.start()
         self.predictor = load_predictor(cfg)

@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -41,12 +42,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=300, help="per daemon and round")
     parser.add_argument("--candidates", type=int, default=10)
+    parser.add_argument("--runq", action="store_true", help="eBPF run-queue delay of both ends")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("score_latency: needs root (the daemons create cgroups)", file=sys.stderr)
         return 2
 
-    from node_api_support import node_daemon
+    from node_api_support import free_port, node_daemon
 
     from agentd.metrics.dataset import SoloRule, load_jsonl
     from agentd.predictor.train import DEFAULT_MODEL, train
@@ -71,9 +73,13 @@ def main() -> int:
             for i in range(args.candidates)
         ]
     )
+    metrics_port = free_port()
     nodes = {
         "model": node_daemon(
-            workdir / "model", api="rate_limit = 0", tables=f'[predictor]\nmodel = "{model_path}"'
+            workdir / "model",
+            api="rate_limit = 0",
+            tables=f'[predictor]\nmodel = "{model_path}"\n'
+            f'[prometheus]\nlisten = "127.0.0.1:{metrics_port}"\n',
         ),
         "fallback": node_daemon(workdir / "fallback", api="rate_limit = 0"),
     }
@@ -88,6 +94,9 @@ def main() -> int:
             for _ in range(100):  # warm-up
                 stub.ScorePlacement(request, timeout=10)
         print(f"{args.candidates} candidates, {args.calls} calls per daemon and round")
+        model_pid = nodes["model"].daemon.process.pid  # type: ignore[union-attr]
+        runq = RunqProbe({"daemon": model_pid, "client": os.getpid()}) if args.runq else None
+        handler_before = handler_buckets(metrics_port)
         p99s: dict[str, list[float]] = {name: [] for name in stubs}
         for r in range(1, args.rounds + 1):
             times: dict[str, list[float]] = {name: [] for name in stubs}
@@ -101,6 +110,13 @@ def main() -> int:
                 p99s[name].append(pct(values, 99))
                 parts.append(f"{name} p50 {pct(values, 50):.2f} p99 {pct(values, 99):.2f} ms")
             print(f"round {r}: " + " | ".join(parts) + f" | load {os.getloadavg()[0]:.1f}")
+        handler = shares(handler_before, handler_buckets(metrics_port))
+        print(
+            "model daemon's handler time (its own histogram): "
+            + ", ".join(f"{share:.1%} under {le} ms" for le, share in handler.items())
+        )
+        if runq is not None:
+            runq.report(calls=args.calls * args.rounds * len(stubs))
         for name, values in p99s.items():
             print(
                 f"{name}: p99 median {statistics.median(values):.2f} ms "
@@ -118,6 +134,64 @@ def main() -> int:
             if leftovers:
                 print(f"score_latency: groups left behind: {leftovers}", file=sys.stderr)
     return 0
+
+
+def handler_buckets(port: int) -> dict[str, float]:
+    """ScorePlacement's cumulative bucket counts (seconds) of the daemon's histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("agentd_api_request_duration_seconds_bucket")
+            and "ScorePlacement" in line
+            and 'transport="tcp"' in line
+        ):
+            out[line.split('le="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    calls = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if calls <= 0:
+        return {}
+    return {
+        f"{float(le) * 1000:g}": (after[le] - before.get(le, 0.0)) / calls
+        for le in ("0.001", "0.0025", "0.005")
+        if le in after
+    }
+
+
+class RunqProbe:
+    """The run-queue delay of whole processes (all their threads), from the eBPF
+    histogram, while the rounds run."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        from agentd.metrics.runqlat import RunqReader
+        from agentd.tracking.ebpf import EbpfSource
+
+        self.source = EbpfSource()
+        self.source.start(lambda ev: None)
+        self.reader = RunqReader(self.source)
+        self.keys = {name: 80_000 + i for i, name in enumerate(pids)}
+        for name, pid in pids.items():
+            self.source.watch(pid, self.keys[name])
+        self.reader.start()
+
+    def report(self, calls: int) -> None:
+        from agentd.metrics.runqlat import histogram_of, quantile
+
+        self.reader.refresh()
+        for name, key in self.keys.items():
+            sample = self.reader.key_sample(key)
+            hist = histogram_of(sample)
+            waits = sample["rql_count"]
+            print(
+                f"run-queue waits of the {name}'s threads: {waits / calls:.1f} per call, "
+                f"p50 {quantile(hist, 0.5) / 1e3:.0f} us, p99 {quantile(hist, 0.99) / 1e3:.0f} us,"
+                f" {sample['rql_sum_ns'] / 1e6 / calls:.2f} ms per call in all"
+            )
+        self.reader.close()
+        self.source.stop()
 
 
 if __name__ == "__main__":

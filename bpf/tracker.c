@@ -54,7 +54,8 @@
 #define C_ARGV_TRUNCATED 2
 #define C_EMITTED 3
 #define C_HELD 4
-#define N_COUNTERS 5
+#define C_RUNQ_FULL 5  // RUNQ_LATENCY: a histogram or pending-wakeup map was full
+#define N_COUNTERS 6
 
 #define FILENAME_MAX_LEN 256
 #define ARG_MAX_LEN 256
@@ -811,3 +812,137 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     count(C_EMITTED);
     return 0;
 }
+
+#ifdef RUNQ_LATENCY
+// Run-queue latency per tool call (docs/runqlat.md): the time a watched task waits
+// runnable, from its wake-up (or its preemption) until a CPU switches to it, in a log2
+// histogram with 4 sub-buckets per power of two, keyed by its tool call's key.
+//
+// Raw tracepoints, attached by user space only while the collector wants them
+// (agentd/metrics/runqlat.py). Their arguments are task_struct pointers, which this
+// program never dereferences (struct layouts may not match, see the top of this file):
+// a pointer is only an opaque identity. Who a pointer is comes from the task's own
+// context: when a watched task switches out, `current` is that task, so its tgid (a
+// helper) and its pointer (the raw argument) meet there; a task can only be woken after
+// it has switched out once. A new task's first wait is attributed at wake_up_new_task,
+// which runs in its parent's context (the parent's key is what the child inherits).
+// Unwatched tasks cost one hash lookup per wake-up and two per context switch.
+#define RUNQ_SUB_BITS 2
+#define RUNQ_SLOTS 256
+
+struct runq_pending {
+    u64 ts;   // bpf_ktime_get_ns() when it became runnable
+    u64 key;  // its tool call
+};
+
+struct runq_slot {
+    u64 key;
+    u64 slot; // RUNQ_SUB_BITS sub-buckets per power of two of nanoseconds
+};
+
+struct runq_total {
+    u64 count;
+    u64 sum_ns;
+};
+
+// task pointer -> tgid, learnt at the task's own switch-outs; LRU: a task that exited
+// unseen by runq_exit cannot leak an entry.
+BPF_TABLE("lru_hash", u64, u32, runq_task, RUNQ_TASKS);
+// task pointer -> since when it waits, for the switch that picks it. A plain
+// (preallocated) hash: an LRU update cost ~3x more per wake-up; every entry is consumed
+// at the task's next switch-in or its exit, and user space clears the map at detach.
+BPF_HASH(runq_start, u64, struct runq_pending, RUNQ_TASKS);
+BPF_HASH(runq_hist, struct runq_slot, u64, RUNQ_HIST_ENTRIES);
+BPF_HASH(runq_totals, u64, struct runq_total, RUNQ_KEYS);
+
+static __always_inline void runq_enqueue(u64 task, u64 key) {
+    struct runq_pending p = {};
+    p.ts = bpf_ktime_get_ns();
+    p.key = key;
+    runq_start.update(&task, &p);
+}
+
+static __always_inline u64 runq_slot_of(u64 delta) {
+    if (delta < (1 << RUNQ_SUB_BITS))
+        return delta;
+    u64 log = bpf_log2l(delta);
+    u64 sub = (delta >> (log - RUNQ_SUB_BITS)) & ((1 << RUNQ_SUB_BITS) - 1);
+    u64 slot = (log << RUNQ_SUB_BITS) | sub;
+    return slot < RUNQ_SLOTS ? slot : RUNQ_SLOTS - 1;
+}
+
+static __always_inline void runq_record(u64 key, u64 delta) {
+    struct runq_slot s = {};
+    s.key = key;
+    s.slot = runq_slot_of(delta);
+    u64 zero = 0;
+    u64 *n = runq_hist.lookup_or_try_init(&s, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        count(C_RUNQ_FULL);
+    struct runq_total z = {};
+    struct runq_total *t = runq_totals.lookup_or_try_init(&key, &z);
+    if (t) {
+        __sync_fetch_and_add(&t->count, 1);
+        __sync_fetch_and_add(&t->sum_ns, delta);
+    }
+}
+
+// sched_wakeup and sched_wakeup_new(struct task_struct *p)
+int runq_wakeup(struct bpf_raw_tracepoint_args *ctx) {
+    u64 task = ctx->args[0];
+    u32 *tgid = runq_task.lookup(&task);
+    if (!tgid)
+        return 0;
+    u32 t = *tgid;
+    struct proc_state *ps = procs.lookup(&t);
+    if (ps)
+        runq_enqueue(task, ps->key);
+    return 0;
+}
+
+int runq_wakeup_new(struct bpf_raw_tracepoint_args *ctx) {
+    u32 parent = bpf_get_current_pid_tgid() >> 32;  // wake_up_new_task runs in the parent
+    struct proc_state *ps = procs.lookup(&parent);
+    if (ps)
+        runq_enqueue(ctx->args[0], ps->key);
+    return 0;
+}
+
+// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+//              unsigned int prev_state), in prev's context.
+int runq_switch(struct bpf_raw_tracepoint_args *ctx) {
+    u64 next = ctx->args[2];
+    struct runq_pending *p = runq_start.lookup(&next);
+    if (p) {
+        u64 now = bpf_ktime_get_ns();
+        u64 ts = p->ts;
+        u64 key = p->key;
+        runq_start.delete(&next);
+        if (now > ts)
+            runq_record(key, now - ts);
+    }
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_state *ps = procs.lookup(&tgid);
+    if (!ps)
+        return 0;
+    u64 prev = ctx->args[1];
+    u32 *known = runq_task.lookup(&prev);
+    if (!known || *known != tgid)
+        runq_task.update(&prev, &tgid);
+    // Preempted, or yielding while runnable: it waits on the run queue from now on,
+    // without a wake-up. TASK_RUNNING is 0.
+    if (ctx->args[0] || (u32)ctx->args[3] == 0)
+        runq_enqueue(prev, ps->key);
+    return 0;
+}
+
+// sched_process_exit(struct task_struct *p, ...): the pointer may be reused by any task.
+int runq_exit(struct bpf_raw_tracepoint_args *ctx) {
+    u64 task = ctx->args[0];
+    runq_task.delete(&task);
+    runq_start.delete(&task);
+    return 0;
+}
+#endif  // RUNQ_LATENCY

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agentd.cgroups.base import CgroupError
 from agentd.cgroups.detect import choose_backend, detect_layout
+from agentd.metrics.dataset import Dataset, Record
 from agentd.sdk import Client
 from agentd.sdk.client import wait_for_socket
 
@@ -109,3 +110,18 @@ class AgentdProcess:
                 backend.kill("")
             backend.remove("")
         return leftovers
+
+
+def wait_for_records(daemon: AgentdProcess, count: int = 1, timeout: float = 10.0) -> list[Record]:
+    """The daemon's dataset records once there are `count` of them (or what there is
+    at the timeout): the collector writes them shortly after a tool call ends."""
+    path = Path(daemon.state_dir) / "dataset.sqlite"
+    deadline = time.monotonic() + timeout
+    records: list[Record] = []
+    while time.monotonic() < deadline and len(records) < count:
+        time.sleep(0.2)
+        if path.exists():
+            ds = Dataset(path)
+            records = ds.records()
+            ds.close()
+    return records

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agentd.events import Event, EventBus
 from agentd.metrics.dataset import Dataset, Record, command_class
+from agentd.metrics.runqlat import summary as runq_summary
 from agentd.metrics.sources import GroupSource, NodeSource, Sample
 from agentd.metrics.window import NodeWindow, RingWindow, rate
 from agentd.model import ToolCall
@@ -67,6 +68,13 @@ class _Tracked:
 
 #: Gauges whose maximum over the run is kept (the rest are counters: rated).
 _GAUGES = ("mem_current_bytes", "mem_peak_bytes", "nr_tasks", "anon_bytes", "file_bytes")
+
+
+def _runq_of_run(samples: list[tuple[float, Sample]], duration: float) -> dict[str, float]:
+    """The eBPF run-queue histogram over the whole run: its cumulative counts start at
+    the tool call's begin, so the last sample that has them is the whole run."""
+    last = next((s for _, s in reversed(samples) if "rql_count" in s), None)
+    return runq_summary(None, last, duration) if last is not None else {}
 
 
 class Collector:
@@ -117,6 +125,10 @@ class Collector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2.0)
+        for source in [*self._node_sources, *self._group_sources]:
+            close = getattr(source, "close", None)  # sources holding kernel programs
+            if close is not None:
+                close()
         if self._events is not None:
             self._events.close()
 
@@ -332,6 +344,7 @@ class Collector:
             "pgmajfault_per_s": rate(samples, "pgmajfault"),
             "mem_limit_hits_per_s": rate(samples, "mem_limit_hits"),
             "samples": float(len(samples)),
+            **_runq_of_run(samples, duration),
             **{f"max_{k}": v for k, v in t.peaks.items()},
         }
         intent = tool_call.intent

@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agentd.metrics.runqlat import summary as runq_summary
+
 Sample = dict[str, float]
 
 
@@ -98,6 +100,11 @@ class NodeWindow:
     mem_available_frac: float = 1.0
     agentd_tool_calls: float = 0.0
     agentd_cpu_cores: float = 0.0
+    # Run-queue latency of agentd's tool calls' tasks (eBPF, docs/runqlat.md; 0 without
+    # it). Recorded, not yet features: see NOT_FEATURES.
+    runq_p50_us: float = 0.0
+    runq_p99_us: float = 0.0
+    runq_waits_per_s: float = 0.0
 
     @classmethod
     def from_samples(
@@ -146,6 +153,7 @@ class NodeWindow:
             else 1.0,
             agentd_tool_calls=tool_calls,
             agentd_cpu_cores=rate(agentd, "cpu_usage_us") / 1e6,
+            **_runq(node),
         )
 
     def as_dict(self) -> dict[str, float]:
@@ -159,6 +167,19 @@ class NodeWindow:
         return cls(**{k: float(v) for k, v in data.items() if k in names})
 
 
+def _runq(node: list[tuple[float, Sample]]) -> dict[str, float]:
+    have = [(t, s) for t, s in node if "rql_count" in s]
+    if len(have) < 2:
+        return {}
+    out = runq_summary(have[0][1], have[-1][1], have[-1][0] - have[0][0])
+    return {k: out[k] for k in ("runq_p50_us", "runq_p99_us", "runq_waits_per_s")}
+
+
+#: Window fields the model does not read: `seconds` (how long the window is), and the
+#: run-queue figures, which the committed dataset (recorded before they existed) lacks;
+#: they become features with model file version 3, once a dataset has them.
+NOT_FEATURES = ("seconds", "runq_p50_us", "runq_p99_us", "runq_waits_per_s")
+
 FEATURE_NAMES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(NodeWindow) if f.name != "seconds"
+    f.name for f in dataclasses.fields(NodeWindow) if f.name not in NOT_FEATURES
 )

@@ -82,16 +82,25 @@ CANDIDATE_FEATURES = (
 FEATURE_NAMES: tuple[str, ...] = WINDOW_FEATURES + CANDIDATE_FEATURES
 
 
+def window_values(window: NodeWindow) -> list[float]:
+    # getattr, not as_dict(): dataclasses.asdict deep-copies and was 2/3 of predict()
+    return [getattr(window, name) for name in WINDOW_FEATURES]
+
+
 def feature_vector(
-    candidate: CandidateFeatures, window: NodeWindow, profile: ClassProfile
+    candidate: CandidateFeatures,
+    window: NodeWindow,
+    profile: ClassProfile,
+    window_part: list[float] | None = None,
 ) -> list[float]:
+    """`window_part`: window_values(window), when the caller builds several vectors on
+    one window (ScorePlacement's candidates)."""
     demand = profile.solo_cpu_demand
     if candidate.cpu_cores:
         demand = min(candidate.cpu_cores, demand)
     free = max(window.ncpus - window.cpu_busy_cores, 0.05)
     peak_gib = (profile.solo_peak_memory_bytes or float(candidate.memory_bytes or 0)) / GIB
-    # getattr, not as_dict(): dataclasses.asdict deep-copies and was 2/3 of predict()
-    values = [getattr(window, name) for name in WINDOW_FEATURES] + [
+    values = (window_part if window_part is not None else window_values(window)) + [
         float(candidate.cpu_cores or 0.0),
         float(candidate.memory_bytes or 0) / GIB,
         1.0 if profile.known else 0.0,

@@ -25,6 +25,7 @@ from agentd.predictor.features import (
     CandidateFeatures,
     ClassProfile,
     feature_vector,
+    window_values,
 )
 from agentd.predictor.models import SlowdownModel, psi_rule
 
@@ -132,9 +133,10 @@ class Predictor:
             )
             return [Prediction(mid, low, high, FALLBACK) for _ in candidates]
         classes = [c.command_class for c in candidates]
+        shared = window_values(window)
         x = np.array(
             [
-                feature_vector(c, window, self.profile(cls))
+                feature_vector(c, window, self.profile(cls), shared)
                 for c, cls in zip(candidates, classes, strict=True)
             ],
             dtype=np.float64,

@@ -28,7 +28,21 @@ _EXIT_FIGURES = struct.Struct("=Qq")  # struct exit_event after the header: cpu_
 # struct guard_event after the header: value, limit, session_value, session_limit, procs,
 # reason, action, crossed_ns
 _GUARD_FIGURES = struct.Struct("=qqqqqIIQ")
-COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted", "held")
+COUNTERS = ("ringbuf_lost", "map_full", "argv_truncated", "emitted", "held", "runq_map_full")
+# The run-queue latency programs (RUNQ_LATENCY in tracker.c): raw tracepoint -> program.
+RUNQ_PROGRAMS = (
+    ("sched_wakeup", "runq_wakeup"),
+    ("sched_wakeup_new", "runq_wakeup_new"),
+    ("sched_switch", "runq_switch"),
+    ("sched_process_exit", "runq_exit"),
+)
+# Map sizes: pointers of tasks seen / waiting (LRU), histogram buckets, tool calls.
+RUNQ_CFLAGS = [
+    "-DRUNQ_LATENCY",
+    "-DRUNQ_TASKS=16384",
+    "-DRUNQ_HIST_ENTRIES=32768",
+    "-DRUNQ_KEYS=4096",
+]
 TRACEFS = "/sys/kernel/tracing"
 _PENDING_ARGS_MAX = 4096
 
@@ -84,6 +98,7 @@ class EbpfSource:
         max_procs: int = 65536,
         usage: bool = True,
         guard: bool = False,
+        runq: bool = True,
     ) -> None:
         # 2048 pages = 8 MiB: ~150k fork/exit records or ~2k full argv records of slack
         # while the consumer thread is descheduled.
@@ -97,6 +112,10 @@ class EbpfSource:
         # programs are compiled in, records go to `on_guard` (set before start()).
         self.guard = guard
         self.on_guard: Callable[[GuardRecord], None] | None = None
+        # The run-queue latency programs are compiled in (maps and programs) but only
+        # attached by enable_runq(): they cost every wake-up and context switch.
+        self.runq = runq
+        self._runq_links: list[int] = []
         self.load_seconds = 0.0
         self._bpf: Any = None
         self._sink: Sink | None = None
@@ -118,7 +137,7 @@ class EbpfSource:
         text = bpf_source_path().read_bytes()
         t0 = time.monotonic()
         try:
-            self._bpf = bcc.BPF(text=text, cflags=self._cflags())
+            self._bpf = self._compile(bcc, text)
         except Exception as e:
             if not self.guard:
                 raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e}") from e
@@ -126,7 +145,7 @@ class EbpfSource:
             log.warning("the eBPF guards did not load (%s); tracking without them", e)
             self.guard = False
             try:
-                self._bpf = bcc.BPF(text=text, cflags=self._cflags())
+                self._bpf = self._compile(bcc, text)
             except Exception as e2:
                 raise SourceUnavailable(f"bcc could not compile or load tracker.c: {e2}") from e2
         self.load_seconds = time.monotonic() - t0
@@ -136,6 +155,17 @@ class EbpfSource:
         self._thread = threading.Thread(target=self._run, name="agentd-ebpf", daemon=True)
         self._thread.start()
 
+    def _compile(self, bcc: Any, text: bytes) -> Any:
+        try:
+            return bcc.BPF(text=text, cflags=self._cflags())
+        except Exception as e:
+            if not self.runq:
+                raise
+            # The run-queue histogram is an extra: tracking goes on without it.
+            log.warning("the run-queue latency programs did not compile (%s); without them", e)
+            self.runq = False
+            return bcc.BPF(text=text, cflags=self._cflags())
+
     def _cflags(self) -> list[str]:
         return [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
@@ -144,10 +174,12 @@ class EbpfSource:
             *(["-DHAVE_GROUP_DEAD"] if _exit_has_group_dead() else []),
             *(["-DGUARD", f"-DMAX_GUARDS={self.max_procs // 4}"] if self.guard else []),
             *(["-DOOM_HAS_RSS"] if self.guard and _oom_has_rss() else []),
+            *(RUNQ_CFLAGS if self.runq else []),
             "-Wno-macro-redefined",
         ]
 
     def stop(self) -> None:
+        self.disable_runq()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -192,6 +224,50 @@ class EbpfSource:
             if v.key == key:
                 procs.pop(k, None)
         self._unhold(key)
+
+    # ---- run-queue latency (RUNQ_LATENCY in tracker.c, read by agentd.metrics.runqlat) ----
+
+    def enable_runq(self) -> None:
+        """Attach the run-queue latency programs. bcc attaches one program per raw
+        tracepoint name and the usage program already holds sched_switch, so these are
+        attached through libbcc and their link descriptors kept here."""
+        if not self.runq or self._bpf is None:
+            raise SourceUnavailable("the run-queue latency programs are not loaded")
+        if self._runq_links:
+            return
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        try:
+            for tp, fn_name in RUNQ_PROGRAMS:
+                fn = self._bpf.load_func(fn_name.encode(), BPF.RAW_TRACEPOINT)
+                fd = lib.bpf_attach_raw_tracepoint(fn.fd, tp.encode())
+                if fd < 0:
+                    raise SourceUnavailable(f"attaching {fn_name} to {tp} failed")
+                self._runq_links.append(fd)
+        except Exception:
+            self.disable_runq()
+            raise
+
+    def disable_runq(self) -> None:
+        """Detach them (closing a raw tracepoint link detaches its program)."""
+        links, self._runq_links = self._runq_links, []
+        for fd in links:
+            os.close(fd)
+        if links:
+            # Waits begun while attached would never be consumed: clear them.
+            self._bpf[b"runq_start"].clear()
+
+    @property
+    def runq_enabled(self) -> bool:
+        return bool(self._runq_links)
+
+    def program_fd(self, fn_name: str) -> int:
+        """The fd of a loaded program (its fdinfo has the kernel's run count and time
+        when kernel.bpf_stats_enabled is on: bench/runqlat_cost.py)."""
+        from bcc import BPF
+
+        return int(self._bpf.load_func(fn_name.encode(), BPF.RAW_TRACEPOINT).fd)
 
     # ---- holding executors' children (see hold_at_first_syscall in tracker.c) --------
 

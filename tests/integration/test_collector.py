@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from agentd_process import AgentdProcess
+from agentd_process import AgentdProcess, wait_for_records
 
 from agentd.cgroups.base import GroupLimits
 from agentd.cgroups.detect import detect_layout
@@ -159,14 +159,7 @@ def test_daemon_records_every_finished_tool_call(agentd: AgentdProcess) -> None:
         )
     assert result.returncode == 0
     path = Path(agentd.state_dir) / "dataset.sqlite"
-    deadline = time.monotonic() + 10
-    records = []
-    while time.monotonic() < deadline and not records:
-        time.sleep(0.2)
-        if path.exists():
-            ds = Dataset(path)
-            records = ds.records()
-            ds.close()
+    records = wait_for_records(agentd)
     assert len(records) == 1, agentd.logs()[-3000:]
     r = records[0]
     assert (r.tool_call_id, r.command_class, r.exit_code) == (result.tool_call_id, "squares", 0)

@@ -229,3 +229,31 @@ def test_compiled_trees_match_scikit_learn(records: list[Record]) -> None:
         loss="quantile", alpha=0.9, n_estimators=40, max_depth=3, random_state=0
     ).fit(data.x, np.log(data.y))
     np.testing.assert_allclose(CompiledTrees(model).predict(data.x), model.predict(data.x))
+
+
+def test_joint_trees_match_each_ensemble_and_survive_pickling(records: list[Record]) -> None:
+    import pickle
+
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from agentd.predictor.models import CompiledTrees, JointTrees
+
+    data = training_set(records, RULE)
+    fitted = [
+        GradientBoostingRegressor(
+            loss="quantile", alpha=alpha, n_estimators=n, max_depth=depth, random_state=0
+        ).fit(data.x, np.log(data.y))
+        for alpha, n, depth in ((0.5, 30, 3), (0.1, 20, 2), (0.9, 25, 4))
+    ]
+    compiled = [CompiledTrees(m) for m in fitted]
+    for rows in (data.x[:1], data.x[:10], data.x):  # batch sizes: one walk cache each
+        joint = JointTrees(compiled).predict(rows)
+        for i, m in enumerate(fitted):
+            np.testing.assert_allclose(joint[i], m.predict(rows))
+    # The lazily built arrays stay out of model files: a file written before they
+    # existed has exactly the same state.
+    state = pickle.loads(pickle.dumps(compiled[0])).__dict__
+    assert "_joint" not in state and set(state) == set(CompiledTrees(fitted[0]).__dict__)
+    np.testing.assert_allclose(
+        pickle.loads(pickle.dumps(compiled[0])).predict(data.x), fitted[0].predict(data.x)
+    )
