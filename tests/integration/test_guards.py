@@ -196,14 +196,17 @@ def test_batch_work_pauses_at_the_node_bound_instead_of_an_oom_kill(agentd):
         assert holder.wait().returncode == 0
         result = batch.wait(timeout=60)
         assert result.returncode == 0, result
-        # Within its own bounds and exit 0, the SDK's fast path does not ask the daemon
-        # at the end (agentd/sdk/client.py _daemon_acted): the records are the daemon's.
+        # Within its own bounds and exit 0, the SDK's fast path ends it without the
+        # daemon (agentd/sdk/client.py _daemon_acted); the result still carries the
+        # daemon's records of the node stop (read when asked), the same as GetToolCall's.
         got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=batch.tool_call_id))
-        actions = [(e.action, e.limit) for e in got.enforcements]
+        actions = [(e.action, e.limit) for e in result.enforcements]
+        assert actions == [(e.action, e.limit) for e in got.enforcements], got.enforcements
         assert actions[0] == ("stopped", "node_memory") and actions[-1] == (
             "resumed",
             "node_memory",
         ), actions
+        assert result.usage.as_dict()["enforcements"], result.usage
         assert result.usage.oom_kills == 0 and more.usage.oom_kills == 0
 
 
