@@ -623,7 +623,11 @@ class ToolCallProcess:
 
     def _daemon_tool_call(self) -> pb.ToolCall:
         request = pb.GetToolCallRequest(tool_call_id=self.tool_call_id)
-        return self.client.call("GetToolCall", request)
+        try:
+            return self.client.call("GetToolCall", request)
+        except ValueError:  # grpc: the client was closed before the result was read
+            with Client(self.client.socket_path, self.client.timeout, ahead=False) as client:
+                return client.call("GetToolCall", request)
 
     def finish(self, stdout: Any, stderr: Any) -> ToolCallResult:
         """Report the exit status, collect the final usage; the group is removed."""

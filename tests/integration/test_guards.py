@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -237,6 +238,53 @@ def test_two_batch_bursts_over_the_node_bound_take_turns_without_a_kill(agentd):
     assert ("killed", "node_memory") not in actions, actions
     if "guard.node_deadlock" in agentd.logs():
         assert '"continued"' in agentd.logs()
+
+
+@pytest.mark.agentd_config(NODE_CONFIG)
+def test_a_second_batch_burst_waits_for_the_first_ones_turn(agentd):
+    """Turns (`[guard] node_turn` 0.5): above half the node bound (480M / 2 = 240M) one
+    batch tool call at a time grows. The first holds 300M (its turn); a second that
+    then grows is stopped at once, under the node bound, holding only what it held
+    (not half a burst), and continued when the first ends. No kill."""
+    with (
+        agentd.client() as client,
+        client.session("first", memory="600M", priority="batch") as a,
+        client.session("second", memory="600M", priority="batch") as b,
+    ):
+        require_guard(client)
+        first = a.start(
+            [sys.executable, "-c", HOLD.format(mib=300)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert first.popen.stdout.readline() == b"held\n"
+        second = b.start(grower(100), stdout=subprocess.PIPE)
+        assert wait_for_record(client, second.tool_call_id), "the second burst was not stopped"
+        time.sleep(1.0)  # it waits while the first one's turn is on
+        assert second.popen.poll() is None
+        # The grower prints its total after each block: at most its first one.
+        os.set_blocking(second.popen.stdout.fileno(), False)
+        grown = (second.popen.stdout.read() or b"").split()
+        assert len(grown) <= 1, f"grew to {grown[-1]} MiB during the first one's turn"
+        first.popen.stdin.write(b"\n")
+        first.popen.stdin.flush()
+        assert first.wait().returncode == 0
+        result = second.wait(timeout=60)
+    assert result.returncode == 0, result
+    actions = [(e.action, e.limit) for e in result.enforcements]
+    assert actions[0] == ("stopped", "node_memory") and actions[-1] == ("resumed", "node_memory")
+    assert ("killed", "node_memory") not in actions, actions
+    assert result.usage.oom_kills == 0
+
+
+def wait_for_record(client: Client, tool_call_id: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=tool_call_id))
+        if got.enforcements:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 FORK_CONFIG = (
