@@ -174,14 +174,8 @@ def test_batch_work_pauses_at_the_node_bound_instead_of_an_oom_kill(agentd):
         )
         assert holder.popen.stdout.readline() == b"held\n"
         batch = bg.start(grower(320), stdout=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        got = None
-        while time.monotonic() < deadline:
-            got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=batch.tool_call_id))
-            if got.enforcements:
-                break
-            time.sleep(0.05)
-        assert got is not None and got.enforcements, "the batch tool call was never stopped"
+        got = wait_for_record(client, batch.tool_call_id)
+        assert got is not None, "the batch tool call was never stopped"
         stop = got.enforcements[0]
         assert (stop.action, stop.limit) == ("stopped", "node_memory"), stop
         assert stop.limit_value == int(NODE_ALLOCATABLE / 1.25)
@@ -277,14 +271,15 @@ def test_a_second_batch_burst_waits_for_the_first_ones_turn(agentd):
     assert result.usage.oom_kills == 0
 
 
-def wait_for_record(client: Client, tool_call_id: str, timeout: float = 30.0) -> bool:
+def wait_for_record(client: Client, tool_call_id: str, timeout: float = 30.0) -> pb.ToolCall | None:
+    """The tool call once the daemon has a record of it (None if none within `timeout`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=tool_call_id))
         if got.enforcements:
-            return True
+            return got
         time.sleep(0.05)
-    return False
+    return None
 
 
 FORK_CONFIG = (
