@@ -493,7 +493,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "fork_refusals": (256, _bound),
         "fork_action": ("stop", _one_of(("stop", "kill"))),
         "node_memory": (True, _bool),
-        "node_turn": (0.5, _unit_fraction),
+        "node_turn": (0.2, _unit_fraction),
     },
     "priorities": {
         "interactive_cpu_weight": (400, _weight),

@@ -236,8 +236,8 @@ def test_two_batch_bursts_over_the_node_bound_take_turns_without_a_kill(agentd):
 
 @pytest.mark.agentd_config(NODE_CONFIG)
 def test_a_second_batch_burst_waits_for_the_first_ones_turn(agentd):
-    """Turns (`[guard] node_turn` 0.5): above half the node bound (480M / 2 = 240M) one
-    batch tool call at a time grows. The first holds 300M (its turn); a second that
+    """Turns (`[guard] node_turn` 0.2): above a fifth of the node bound (480M / 5 = 96M)
+    one batch tool call at a time grows. The first holds 300M (its turn); a second that
     then grows is stopped at once, under the node bound, holding only what it held
     (not half a burst), and continued when the first ends. No kill."""
     with (
