@@ -131,6 +131,7 @@ class GuardConfig:
     fork_refusals: int  # forks refused by pids.max before the guard trips, 0 = never
     fork_action: str  # stop | kill
     node_memory: bool  # stop normal/batch tool calls at the node's budget, in the kernel
+    node_turn: float  # above this fraction of the node bound one normal/batch grows at a time
 
 
 @dataclass(frozen=True)
@@ -496,6 +497,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "fork_refusals": (256, _bound),
         "fork_action": ("stop", _one_of(("stop", "kill"))),
         "node_memory": (True, _bool),
+        "node_turn": (0.2, _unit_fraction),
     },
     "priorities": {
         "interactive_cpu_weight": (400, _weight),

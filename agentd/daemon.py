@@ -148,6 +148,7 @@ def start_guard(
         # headroom below it as a session's guard budget below the session's limit.
         node_budget=int(allocatable_memory / (1 + cfg.memory_headroom)) if cfg.node_memory else 0,
         node_limit=allocatable_memory if cfg.node_memory else 0,
+        node_turn=cfg.node_turn,
         policy=PolicySettings(grant_step=cfg.grant_step, wait_seconds=cfg.wait_seconds),
     )
     assert tracker is not None

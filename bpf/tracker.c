@@ -179,6 +179,12 @@ BPF_HASH(session_used, u64, s64, MAX_GUARDS);    // kernel: sum of its tool call
 // sum over which a tool call of that class is stopped (daemon; 0 = never).
 BPF_ARRAY(node_used, s64, 1);
 BPF_ARRAY(node_budget, s64, 4);
+// The node's turn, first come first served: above [0] bytes of the node's sum (daemon;
+// 0 = off) only one tool call of a stoppable class may grow, the one whose key is in
+// [1] (taken by the kernel for the first that grows past [0], given back by the daemon
+// when its burst is over). Any other is stopped at its next page, holding what it
+// held: two bursts that do not fit together never both stop halfway.
+BPF_ARRAY(node_turn, s64, 2);
 #endif
 
 BPF_HASH(procs, u32, struct proc_state, MAX_PROCS);
@@ -290,8 +296,18 @@ static __always_inline void guard_memory(struct proc_state *ps, u32 tgid, s64 no
         reason |= G_SESSION;
     u32 cls = (lim->flags >> GF_CLASS_SHIFT) & 3;
     s64 *node_max = node_budget.lookup(&cls);
-    if (node_max && *node_max > 0 && node_sum > *node_max)
-        reason |= G_NODE;
+    if (node_max && *node_max > 0) {
+        if (node_sum > *node_max)
+            reason |= G_NODE;
+        u32 soft_at = 0, owner_at = 1;
+        s64 *soft = node_turn.lookup(&soft_at);
+        s64 *owner = node_turn.lookup(&owner_at);
+        if (soft && owner && *soft > 0 && node_sum > *soft) {
+            s64 was = __sync_val_compare_and_swap(owner, 0, (s64)key);
+            if (was != 0 && was != (s64)key)
+                reason |= G_NODE;  // another tool call's turn
+        }
+    }
     if (!reason)
         return;
     u64 crossed_ns = bpf_ktime_get_boot_ns();

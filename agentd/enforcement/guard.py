@@ -77,6 +77,9 @@ class GuardSettings:
     #: stopped until there is room again (interactive ones never); 0 = no node bound.
     node_budget: int = 0
     node_limit: int = 0  # the sessions group's memory limit (the node allocatable)
+    #: Above this fraction of node_budget one normal or batch tool call grows at a time
+    #: (first come, first served; the others stop holding what they hold); 0 = off.
+    node_turn: float = 0.0
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -131,6 +134,8 @@ class Guard:
         for priority in Priority:
             exempt = priority is Priority.INTERACTIVE or self.settings.memory_action != "stop"
             self.maps.set_node_budget(int(priority), 0 if exempt else self.settings.node_budget)
+        self.maps.set_node_turn_threshold(self._turn_threshold())
+        self.maps.release_node_turn()
         self._thread = threading.Thread(target=self._run, name="agentd-guard", daemon=True)
         self._thread.start()
 
@@ -224,6 +229,8 @@ class Guard:
             del self._by_id[tool_call.id]
             self._by_key.pop(guarded.key, None)
             self.maps.remove_tool_call(guarded.key)
+            if self._turn_threshold() and self.maps.node_turn() == guarded.key:
+                self.maps.release_node_turn()
             entry = self._sessions.get(tool_call.session_id)
             if entry is not None:
                 entry[1] -= 1
@@ -297,10 +304,56 @@ class Guard:
             if victim is not None:
                 log.info("guard.deadlock", session=session_id, given_up=victim, waiting=len(mine))
                 self._decide_memory(mine[victim], give_up=True)
+        self._end_turn()
         for guarded in waiting:
             self._decide_memory(guarded)
         self._node_deadlock(waiting)
         self._uncap()
+
+    def _turn_threshold(self) -> int:
+        s = self.settings
+        if s.memory_action != "stop" or not s.node_budget:
+            return 0
+        return math.floor(s.node_budget * s.node_turn)
+
+    def _end_turn(self) -> None:
+        """The tool call whose turn it was to grow past the threshold gives it back once
+        the node's sum is under the threshold again (its burst is over; with a margin,
+        min_grant of it), or when it is gone. The kernel gives it to the next grower."""
+        threshold = self._turn_threshold()
+        owner = self.maps.node_turn() if threshold else 0
+        if not owner:
+            return
+        with self._lock:
+            guarded = self._by_key.get(owner)
+        below = self.maps.node_used() <= threshold * (1 - self.settings.policy.min_grant)
+        if guarded is None or (below and guarded.stopped_since is None):
+            self.maps.release_node_turn()
+            log.info("guard.node_turn_ended", key=owner, ended=guarded is None)
+
+    def _may_take_turn(self, guarded: _Guarded) -> bool:
+        """A tool call stopped for the node may go on only if no other's turn is on
+        (or the node is back under the threshold) and no tool call was stopped for the
+        node before it: first come, first served. Continued above the threshold, it is
+        handed the turn, or the kernel would stop it again at its next page."""
+        threshold = self._turn_threshold()
+        owner = self.maps.node_turn() if threshold else 0
+        if not threshold or owner == guarded.key:
+            return True  # its turn: stopped at the node bound itself, it goes on first
+        with self._lock:
+            earlier = any(
+                g is not guarded
+                and g.stopped_since is not None
+                and g.crossing is not None
+                and _node_only(g.crossing)
+                and g.stopped_since < (guarded.stopped_since or 0.0)
+                for g in self._by_key.values()
+            )
+        if earlier or owner:
+            return False
+        if self.maps.node_used() > threshold:
+            self.maps.release_node_turn(guarded.key)
+        return True
 
     def _uncap(self) -> None:
         """Tool calls continued past the node bound go back under it (their class and
@@ -338,7 +391,10 @@ class Guard:
         room = self._node_hard_room()
         node_waiting = [g for g in stopped if _node_only(g.crossing)]  # type: ignore[arg-type]
         if node_waiting and room > 0:
-            first = min(node_waiting, key=lambda g: g.stopped_since or 0.0)
+            # The turn's owner first: it holds the burst under way, the others only
+            # what they held when they stopped.
+            owner = self.maps.node_turn()
+            first = min(node_waiting, key=lambda g: (g.key != owner, g.stopped_since or 0.0))
             log.info("guard.node_deadlock", continued=first.tool_call.id, room=room)
             self._decide_node(first, first.crossing, give_up=True, cap=room)  # type: ignore[arg-type]
             return
@@ -424,7 +480,7 @@ class Guard:
         the node has room; wait otherwise, without a deadline: pausing low-priority work
         instead of killing it is the point. Given up (nothing else runs that could make
         room): continued all the same, into the cgroup's headroom."""
-        if not (give_up or self._node_room()):
+        if not (give_up or (self._node_room() and self._may_take_turn(guarded))):
             return
         guarded.stopped_since = None
         comm, argv = self._process(guarded, record.pid, record.comm)

@@ -60,6 +60,7 @@ class GuardMaps:
         self._used = source.table("session_used")
         self._node_used = source.table("node_used")
         self._node_budget = source.table("node_budget")
+        self._node_turn = source.table("node_turn")
 
     def add_tool_call(self, key: int, limit: GuardLimit, processes: int) -> None:
         """State first (the programs need both), counting the processes already there."""
@@ -121,6 +122,18 @@ class GuardMaps:
     def set_node_budget(self, priority_class: int, budget: int) -> None:
         """Tool calls of the class are stopped while the node's sum is over `budget`."""
         self._node_budget[self._node_budget.Key(priority_class)] = self._node_budget.Leaf(budget)
+
+    def set_node_turn_threshold(self, threshold: int) -> None:
+        """Above `threshold` of the node's sum, one stoppable tool call at a time grows."""
+        self._node_turn[self._node_turn.Key(0)] = self._node_turn.Leaf(threshold)
+
+    def node_turn(self) -> int:
+        """The key of the tool call whose turn it is to grow past the threshold; 0: none."""
+        return int(self._node_turn[self._node_turn.Key(1)].value)
+
+    def release_node_turn(self, key: int = 0) -> None:
+        """Give the turn back (0), or hand it to `key`."""
+        self._node_turn[self._node_turn.Key(1)] = self._node_turn.Leaf(key)
 
     def node_used(self) -> int:
         return int(self._node_used[self._node_used.Key(0)].value)

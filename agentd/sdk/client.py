@@ -194,17 +194,29 @@ class Usage:
 
 @dataclass(frozen=True)
 class _UsageWithLateProcesses(Usage):
-    """Usage read by the SDK itself (launchers placed ahead), except `processes`: every
-    process the tool call started is counted by the daemon's tracker, so reading it
-    asks the daemon (after the end report) once; the group's pids.peak if it cannot."""
+    """Usage read by the SDK itself (launchers placed ahead), except what only the daemon
+    knows: `processes` (every process the tool call started, counted by its tracker) and
+    `enforcements` (a node or session stop of a command that stayed within its intent
+    and exited 0 leaves no trace in the group's files). Reading either asks the daemon
+    once, for both (GetToolCall): a result nobody asks about costs no call. If the
+    daemon cannot answer: the group's pids.peak, and no records."""
 
     def __getattribute__(self, name: str) -> Any:
-        if name == "processes":
+        if name in _LATE_FIELDS:
             resolve = object.__getattribute__(self, "__dict__").pop("_resolve", None)
             if resolve is not None:
                 with contextlib.suppress(AgentdError):
-                    object.__setattr__(self, "processes", resolve())
+                    tool_call = resolve()
+                    object.__setattr__(self, "processes", int(tool_call.usage.processes))
+                    object.__setattr__(
+                        self,
+                        "enforcements",
+                        tuple(Enforcement.from_pb(e) for e in tool_call.enforcements),
+                    )
         return object.__getattribute__(self, name)
+
+
+_LATE_FIELDS = frozenset({"processes", "enforcements"})
 
 
 @dataclass
@@ -609,9 +621,13 @@ class ToolCallProcess:
         self.popen.wait(timeout)
         return self.finish(None, None)
 
-    def _daemon_processes(self) -> int:
+    def _daemon_tool_call(self) -> pb.ToolCall:
         request = pb.GetToolCallRequest(tool_call_id=self.tool_call_id)
-        return int(self.client.call("GetToolCall", request).usage.processes)
+        try:
+            return self.client.call("GetToolCall", request)
+        except ValueError:  # grpc: the client was closed before the result was read
+            with Client(self.client.socket_path, self.client.timeout, ahead=False) as client:
+                return client.call("GetToolCall", request)
 
     def finish(self, stdout: Any, stderr: Any) -> ToolCallResult:
         """Report the exit status, collect the final usage; the group is removed."""
@@ -632,7 +648,7 @@ class ToolCallProcess:
                     usage = _UsageWithLateProcesses(
                         **asdict(Usage.from_group(self.tool_call_id, rc, raw, wall))
                     )
-                    object.__setattr__(usage, "_resolve", self._daemon_processes)
+                    object.__setattr__(usage, "_resolve", self._daemon_tool_call)
                     return ToolCallResult(self.args, rc, stdout, stderr, self.tool_call_id, usage)
                 # Something outlived the command, or the daemon may have acted on it
                 # (its records and suggestions come with the end): it ends it now.
@@ -653,9 +669,11 @@ class ToolCallProcess:
 
 
 def _daemon_acted(rc: int, raw: GroupUsage, intent: pb.Intent) -> bool:
-    """Whether agentd may have stopped, resumed, killed or OOM-killed the command: then
-    the result must carry its enforcement records, which only EndToolCall returns.
-    Killed (by a signal), an OOM kill, or memory beyond the intent (the guard's bound)."""
+    """Whether agentd may have acted on the command's own bounds: killed it (a signal),
+    OOM-killed a process, or let it grow beyond its intent (the guard's bound). Then the
+    daemon ends it (EndToolCall, with the records and its leftovers). Node or session
+    stops and throttles of a command within its intent leave no such trace: their
+    records are read lazily (_UsageWithLateProcesses)."""
     if rc < 0 or raw.oom_kills:
         return True
     memory = intent.resources.memory_max

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -173,14 +174,8 @@ def test_batch_work_pauses_at_the_node_bound_instead_of_an_oom_kill(agentd):
         )
         assert holder.popen.stdout.readline() == b"held\n"
         batch = bg.start(grower(320), stdout=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        got = None
-        while time.monotonic() < deadline:
-            got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=batch.tool_call_id))
-            if got.enforcements:
-                break
-            time.sleep(0.05)
-        assert got is not None and got.enforcements, "the batch tool call was never stopped"
+        got = wait_for_record(client, batch.tool_call_id)
+        assert got is not None, "the batch tool call was never stopped"
         stop = got.enforcements[0]
         assert (stop.action, stop.limit) == ("stopped", "node_memory"), stop
         assert stop.limit_value == int(NODE_ALLOCATABLE / 1.25)
@@ -196,14 +191,17 @@ def test_batch_work_pauses_at_the_node_bound_instead_of_an_oom_kill(agentd):
         assert holder.wait().returncode == 0
         result = batch.wait(timeout=60)
         assert result.returncode == 0, result
-        # Within its own bounds and exit 0, the SDK's fast path does not ask the daemon
-        # at the end (agentd/sdk/client.py _daemon_acted): the records are the daemon's.
+        # Within its own bounds and exit 0, the SDK's fast path ends it without the
+        # daemon (agentd/sdk/client.py _daemon_acted); the result still carries the
+        # daemon's records of the node stop (read when asked), the same as GetToolCall's.
         got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=batch.tool_call_id))
-        actions = [(e.action, e.limit) for e in got.enforcements]
+        actions = [(e.action, e.limit) for e in result.enforcements]
+        assert actions == [(e.action, e.limit) for e in got.enforcements], got.enforcements
         assert actions[0] == ("stopped", "node_memory") and actions[-1] == (
             "resumed",
             "node_memory",
         ), actions
+        assert result.usage.as_dict()["enforcements"], result.usage
         assert result.usage.oom_kills == 0 and more.usage.oom_kills == 0
 
 
@@ -234,6 +232,54 @@ def test_two_batch_bursts_over_the_node_bound_take_turns_without_a_kill(agentd):
     assert ("killed", "node_memory") not in actions, actions
     if "guard.node_deadlock" in agentd.logs():
         assert '"continued"' in agentd.logs()
+
+
+@pytest.mark.agentd_config(NODE_CONFIG)
+def test_a_second_batch_burst_waits_for_the_first_ones_turn(agentd):
+    """Turns (`[guard] node_turn` 0.2): above a fifth of the node bound (480M / 5 = 96M)
+    one batch tool call at a time grows. The first holds 300M (its turn); a second that
+    then grows is stopped at once, under the node bound, holding only what it held
+    (not half a burst), and continued when the first ends. No kill."""
+    with (
+        agentd.client() as client,
+        client.session("first", memory="600M", priority="batch") as a,
+        client.session("second", memory="600M", priority="batch") as b,
+    ):
+        require_guard(client)
+        first = a.start(
+            [sys.executable, "-c", HOLD.format(mib=300)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert first.popen.stdout.readline() == b"held\n"
+        second = b.start(grower(100), stdout=subprocess.PIPE)
+        assert wait_for_record(client, second.tool_call_id), "the second burst was not stopped"
+        time.sleep(1.0)  # it waits while the first one's turn is on
+        assert second.popen.poll() is None
+        # The grower prints its total after each block: at most its first one.
+        os.set_blocking(second.popen.stdout.fileno(), False)
+        grown = (second.popen.stdout.read() or b"").split()
+        assert len(grown) <= 1, f"grew to {grown[-1]} MiB during the first one's turn"
+        first.popen.stdin.write(b"\n")
+        first.popen.stdin.flush()
+        assert first.wait().returncode == 0
+        result = second.wait(timeout=60)
+    assert result.returncode == 0, result
+    actions = [(e.action, e.limit) for e in result.enforcements]
+    assert actions[0] == ("stopped", "node_memory") and actions[-1] == ("resumed", "node_memory")
+    assert ("killed", "node_memory") not in actions, actions
+    assert result.usage.oom_kills == 0
+
+
+def wait_for_record(client: Client, tool_call_id: str, timeout: float = 30.0) -> pb.ToolCall | None:
+    """The tool call once the daemon has a record of it (None if none within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = client.call("GetToolCall", pb.GetToolCallRequest(tool_call_id=tool_call_id))
+        if got.enforcements:
+            return got
+        time.sleep(0.05)
+    return None
 
 
 FORK_CONFIG = (
