@@ -202,10 +202,13 @@ def test_a_reader_that_dies_does_not_take_the_api_down_and_is_replaced(node):
     watch = node.stub().WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=token), timeout=60)
     os.kill(victim, signal.SIGKILL)
     _wait_dead(victim)
-    # New connections go to the reader still listening, at once. (The connections the
-    # killed one held, or had queued, are reset: their clients reconnect.)
+    # New connections go to the readers still listening. A connection caught in the
+    # killed one's queue, or racing the replacement's start, is reset (seen about once
+    # in three runs here): a client that reconnects, as grpc's wait_for_ready does, is
+    # served within the deadline.
     for stub in _stubs(node, 6):
-        assert stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.capacity.cpus
+        reply = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT, wait_for_ready=True)
+        assert reply.state.capacity.cpus
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         readers = _readers(node)
