@@ -287,8 +287,8 @@ class Daemon:
             backend,
             launcher_path(),
             active=lambda: cfg.cgroup.fast_placement and manager.has_open_sessions(),
-            last_placement=lambda: manager.last_placement,
         )
+        manager.warmer = warmer  # told of placements and of sessions opening or closing
         warmer.start()
         # The one writer of throttle / freeze / resume, shared by the scheduler API and
         # the pressure policy. Its floor between two changes of a knob is short enough

@@ -48,6 +48,7 @@ from agentd.store import Store
 from agentd.tracking import Tracker
 
 if TYPE_CHECKING:
+    from agentd.cgroups.warmer import MigrationWarmer
     from agentd.enforcement.guard import Guard
 
 log = structlog.get_logger("agentd.manager")
@@ -160,6 +161,9 @@ class Manager:
         self._next_tree_batch = 0.0
         #: time.monotonic() of the last move of a process into a tool call's group.
         self.last_placement = 0.0
+        # The migration warmer (set by the daemon): told of every placement (they warm
+        # the kernel's semaphore too) and of sessions opening and closing.
+        self.warmer: MigrationWarmer | None = None
         # The in-kernel guards (agentd/enforcement), set by the daemon when enabled.
         self.guard: Guard | None = None
 
@@ -207,6 +211,7 @@ class Manager:
             self.store.save_session(session)
             self._sessions[session.id] = session
         self.spares_wanted.set()
+        self._sessions_changed()
         log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
         details = {k: str(v) for k, v in budget.as_dict().items() if v is not None}
         self.bus.publish(Event(session.id, "", session.owner_uid, "session_opened", details))
@@ -252,6 +257,7 @@ class Manager:
             session.closed_at = time.time()
             self.store.save_session(session)
             del self._sessions[session_id]
+        self._sessions_changed()
         log.info("session.closed", session=session_id, tool_calls_ended=len(ended))
         self.bus.publish(
             Event(
@@ -266,6 +272,10 @@ class Manager:
 
     def has_open_sessions(self) -> bool:
         return bool(self._sessions)
+
+    def _sessions_changed(self) -> None:
+        if self.warmer is not None:
+            self.warmer.refresh()
 
     def running_count(self, session_id: str) -> int:
         with self._lock:
@@ -466,6 +476,8 @@ class Manager:
                 self.backend.create(rel, group_limits)
             self.backend.move(rel, pid)
             self.last_placement = time.monotonic()
+            if self.warmer is not None:
+                self.warmer.placed()
         except CgroupError as e:
             with contextlib.suppress(CgroupError):
                 self.backend.remove(rel)

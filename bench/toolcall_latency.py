@@ -133,16 +133,25 @@ def remove_group_tree(path: str) -> None:
 class Daemon:
     """An agentd of our own: unique socket, state dir and cgroup root; stopped by PID."""
 
-    def __init__(self, workdir: Path, backend: str | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        backend: str | None,
+        config_text: str = "",
+        pythonpath: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.root = f"agentd-bench-{secrets.token_hex(4)}"
         self.socket = str(workdir / "agentd.sock")
         self.log_path = workdir / "daemon.log"
-        # An empty config file so that a host's /etc/agentd/agentd.toml does not
-        # change what is measured.
+        # An empty config file (unless a benchmark asks for settings) so that a host's
+        # /etc/agentd/agentd.toml does not change what is measured.
         self.config = workdir / "bench.toml"
-        self.config.write_text("")
+        self.config.write_text(config_text)
         self.backend = backend
+        # Another build of agentd (e.g. `pip install --target DIR` of an older commit)
+        # to run instead of the installed one: an A/B in the same run.
+        self.pythonpath = pythonpath
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -168,6 +177,8 @@ class Daemon:
         # Our own AGENTD_* variables must not configure the daemon under test; cwd is
         # the workdir so `-m` imports the installed agentd, not a source checkout.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
         with open(self.log_path, "wb") as log:
             # Its own session: the terminal's Ctrl-C reaches only the benchmark, which
             # then closes the session and stops the daemon in that order.

@@ -12,19 +12,25 @@ cgroup v2 can be mounted with `favordynmods`, which keeps the semaphore in the
 writer-friendly mode for good; agentd must not change the host's mounts, so it
 does the equivalent by hand while sessions are open: it moves a process of its
 own between two empty leaf groups every few milliseconds, which keeps the
-semaphore warm. Cost, measured by bench/toolcall_latency.py: one cgroupfs write
-per period (~0.4% of a core at 8 ms), and fork/exit on the host take the
-semaphore's slower reader path meanwhile - the same trade favordynmods makes.
-Disable it with `[cgroup] fast_placement = false`.
+semaphore warm. Disable it with `[cgroup] fast_placement = false`.
 
-The moved process is agentd's own launcher blocked on a pipe that only the
-daemon holds: if the daemon dies, the pipe closes and the process exits.
+The moving is done by a helper process (`agentd-exec --warm`, agentd/native), not
+by a daemon thread: a move costs ~20-45 us of kernel time here, and a Python loop
+waking every 8 ms cost 4-8x that on top, plus a GIL hand-off per wake-up that the
+request threads felt (bench/idle_cpu.py). The helper moves itself between two empty
+groups through cgroup.procs files the daemon opened for it. The daemon tells it
+when to warm (a byte on a pipe when sessions open or all close: no polling while
+idle) and when it placed a process itself (a timestamp in a shared page: placements
+warm the semaphore too, so while they come faster than the period the helper rests).
+If the daemon dies, the pipe closes and the helper exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -37,6 +43,11 @@ from agentd.cgroups.base import CgroupBackend, CgroupError, GroupLimits
 log = structlog.get_logger("agentd.warmer")
 
 GROUPS = ("warm-a", "warm-b")
+#: The page shared with the helper: the daemon's last placement (CLOCK_MONOTONIC ns,
+#: written by the daemon), the helper's moves (written by the helper).
+_PLACED = struct.Struct("=q")
+_MOVES_OFFSET = 8
+_PAGE_SIZE = 16
 
 
 class MigrationWarmer:
@@ -46,21 +57,18 @@ class MigrationWarmer:
         launcher: str,
         active: Callable[[], bool],
         period_seconds: float = 0.008,
-        last_placement: Callable[[], float] | None = None,
     ) -> None:
         self.backend = backend
-        # time.monotonic() of the daemon's last move of a process (a placement): it
-        # warms the semaphore too, so while tool calls come faster than the period the
-        # warmer has nothing to do.
-        self.last_placement = last_placement
         self.launcher = launcher
+        # Whether to warm (sessions open, fast placement configured): evaluated by
+        # refresh(), which the manager calls when sessions open or close.
         self.active = active
         self.period = period_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agentd-warmer", daemon=True)
+        self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
-        self._hold_fd = -1
-        self.moves = 0
+        self._ctl_fd = -1
+        self._page: mmap.mmap | None = None
+        self._told: bool | None = None
 
     def start(self) -> None:
         for rel in GROUPS:
@@ -69,52 +77,68 @@ class MigrationWarmer:
                     self.backend.kill(rel)
                 self.backend.remove(rel)
             self.backend.create(rel, GroupLimits(pids_max=1))
-        read_fd, self._hold_fd = os.pipe2(os.O_CLOEXEC)
-        self._process = subprocess.Popen(
-            [self.launcher, str(read_fd), "2", "--", "/bin/false"],
-            pass_fds=(read_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(read_fd)
-        self.backend.move(GROUPS[0], self._process.pid)
-        self._files = [f"{self.backend.path_of(rel)}/cgroup.procs" for rel in GROUPS]
-        self._thread.start()
-
-    def _run(self) -> None:
-        pid = str(self._process.pid).encode() if self._process else b""
-        index = 0
-        while not self._stop.is_set():
-            if not self.active():
-                self._stop.wait(0.1)
-                continue
-            placed = self.last_placement() if self.last_placement is not None else 0.0
-            if time.monotonic() - placed < self.period:
-                # A whole period, not the rest of it: one wake-up per period as when
-                # moving, and a move within 16 ms of the last is still cheap.
-                self._stop.wait(self.period)
-                continue
-            index ^= 1
-            try:
-                fd = os.open(self._files[index], os.O_WRONLY)
-                try:
-                    os.write(fd, pid)
-                finally:
+        page_fd = os.memfd_create("agentd-warmer", os.MFD_CLOEXEC)
+        procs: list[int] = []
+        ctl_read = -1
+        try:
+            os.ftruncate(page_fd, _PAGE_SIZE)
+            self._page = mmap.mmap(page_fd, _PAGE_SIZE)
+            procs = [
+                os.open(f"{self.backend.path_of(rel)}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                for rel in GROUPS
+            ]
+            ctl_read, self._ctl_fd = os.pipe2(os.O_CLOEXEC)
+            fds = (ctl_read, page_fd, *procs)
+            self._process = subprocess.Popen(
+                [self.launcher, "--warm", *map(str, fds), str(round(self.period * 1e6))],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            for fd in (page_fd, ctl_read, *procs):
+                if fd >= 0:
                     os.close(fd)
-                self.moves += 1
-            except OSError as e:
+        # Out of the daemon's groups in every hierarchy (the helper's own writes move
+        # it in one).
+        self.backend.move(GROUPS[0], self._process.pid)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Tell the helper whether to warm, if that changed (cheap when it did not)."""
+        with self._lock:
+            wanted = bool(self.active())
+            if self._ctl_fd < 0 or wanted == self._told:
+                return
+            try:
+                os.write(self._ctl_fd, b"a" if wanted else b"i")
+                self._told = wanted
+            except OSError as e:  # the helper died: placements are slower, nothing else
                 log.warning("warmer.failed", error=str(e))
-                self._stop.wait(1.0)
-            self._stop.wait(self.period)
+
+    def placed(self, at: float | None = None) -> None:
+        """The daemon moved a process into a group just now, or at `at`
+        (time.monotonic()): the helper rests until a period after it."""
+        page = self._page
+        if page is not None:
+            _PLACED.pack_into(page, 0, time.monotonic_ns() if at is None else int(at * 1e9))
+
+    @property
+    def moves(self) -> int:
+        """The helper's moves so far."""
+        page = self._page
+        return _PLACED.unpack_from(page, _MOVES_OFFSET)[0] if page is not None else 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
-        if self._hold_fd >= 0:
-            os.close(self._hold_fd)  # the launcher reads EOF and exits
-            self._hold_fd = -1
+        with self._lock:
+            if self._ctl_fd >= 0:
+                os.close(self._ctl_fd)  # the helper reads EOF and exits
+                self._ctl_fd = -1
         if self._process is not None:
             try:
                 self._process.wait(2.0)

@@ -27,14 +27,31 @@
  *
  * Written in C rather than Python or sh because it sits on the hot path of
  * every tool call: an exec of this binary costs a fraction of a shell's.
+ *
+ *   agentd-exec --warm CTL_FD PAGE_FD PROCS_A_FD PROCS_B_FD PERIOD_US
+ *
+ * The daemon's migration warmer (agentd/cgroups/warmer.py, docs/placement.md):
+ * while active, this process moves itself between two empty groups (writing
+ * "0" to PROCS_A_FD / PROCS_B_FD, their cgroup.procs) once per period, which
+ * keeps the kernel's cgroup_threadgroup_rwsem in its writer-friendly mode. It
+ * rests for a period when the daemon placed a process within the last period
+ * (CLOCK_MONOTONIC ns at offset 0 of the shared PAGE_FD, written by the
+ * daemon), and counts its moves at offset 8. CTL_FD is a pipe: 'a' activates,
+ * 'i' deactivates (then it sleeps until the next byte), EOF (the daemon
+ * stopped or died) ends it. In C, not in a daemon thread: a move costs tens of
+ * microseconds of kernel time here, a Python loop 4-8x that plus GIL hand-offs.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 static int parse_fd(const char *s) {
@@ -139,7 +156,55 @@ static int run_ahead(int sock) {
     return 127;
 }
 
+static int64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int run_warm(int ctl, int page_fd, const int procs[2], long period_us) {
+    volatile int64_t *page = mmap(NULL, 16, PROT_READ | PROT_WRITE, MAP_SHARED, page_fd, 0);
+    if (page == MAP_FAILED) return 1;
+    close(page_fd);
+    const int64_t period_ns = (int64_t)period_us * 1000;
+    const int period_ms = (int)((period_us + 999) / 1000);
+    int active = 0, index = 0;
+    /* Out of the daemon's group at once, into the first warm group. */
+    if (write(procs[0], "0", 1) < 0) return 1;
+    for (;;) {
+        struct pollfd p = {.fd = ctl, .events = POLLIN};
+        int r = poll(&p, 1, active ? period_ms : -1);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return 1;
+        }
+        if (r > 0) {
+            char buf[64];
+            ssize_t n = read(ctl, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return 0; /* EOF: the daemon is gone */
+            active = buf[n - 1] == 'a'; /* the last word wins */
+            continue;
+        }
+        if (monotonic_ns() - page[0] < period_ns) continue; /* the daemon just moved one */
+        index ^= 1;
+        if (write(procs[index], "0", 1) == 1) page[1] = page[1] + 1;
+    }
+}
+
 int main(int argc, char **argv) {
+    if (argc == 7 && strcmp(argv[1], "--warm") == 0) {
+        int ctl = parse_fd(argv[2]), page_fd = parse_fd(argv[3]);
+        int procs[2] = {parse_fd(argv[4]), parse_fd(argv[5])};
+        char *end = NULL;
+        long period_us = strtol(argv[6], &end, 10);
+        if (ctl < 0 || page_fd < 0 || procs[0] < 0 || procs[1] < 0 || *end != '\0' ||
+            period_us < 1000 || period_us > 10000000) {
+            fprintf(stderr, "agentd-exec: bad --warm arguments\n");
+            return 127;
+        }
+        return run_warm(ctl, page_fd, procs, period_us);
+    }
     if (argc == 3 && strcmp(argv[1], "--ahead") == 0) {
         int sock = parse_fd(argv[2]);
         if (sock < 0) {
