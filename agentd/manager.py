@@ -26,6 +26,7 @@ import structlog
 from agentd.cgroups.base import CgroupBackend, CgroupError, GroupBusyError, GroupLimits
 from agentd.enforcement.priorities import PriorityTable
 from agentd.errors import (
+    AgentdError,
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -510,6 +511,31 @@ class Manager:
             ):
                 self._publish(tool_call, "tool_call_begun")
             return self._finish(tool_call, exit_status, kill=True)
+
+    def end_tool_calls(
+        self, caller: Caller, ends: list[tuple[str, ExitStatus, str, float | None]]
+    ) -> list[ToolCall]:
+        """Ends reported together, folded into the next placement (tool call id, exit
+        status, label, started_at each, as end_tool_call takes them): all checked for
+        form first (InvalidArgumentError naming the entry, nothing applied), then applied
+        in order. One refused (unknown, another user's) is logged and skipped: the
+        SDK's reporter, which sent them one by one before, dropped those errors too."""
+        for i, (tool_call_id, _, label, _) in enumerate(ends):
+            if not _TOOL_CALL_ID.match(tool_call_id):
+                raise InvalidArgumentError(
+                    f"ends[{i}].tool_call_id", f"{tool_call_id!r} is not a tool call id"
+                )
+            if len(label) > 4096:
+                raise InvalidArgumentError(f"ends[{i}].label", "is longer than 4096 characters")
+        ended = []
+        for tool_call_id, exit_status, label, started_at in ends:
+            try:
+                ended.append(
+                    self.end_tool_call(caller, tool_call_id, exit_status, label, started_at)
+                )
+            except AgentdError as e:
+                log.info("tool_call.folded_end_refused", tool_call=tool_call_id, error=str(e))
+        return ended
 
     def kill_tool_call(self, caller: Caller, tool_call_id: str, sig: int) -> ToolCall:
         with self._lock:

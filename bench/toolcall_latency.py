@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+from threadcpu import delta, label, snapshot, thread_names
 
 from agentd.sdk.client import Client, Session, wait_for_socket
 from agentd.sdk.errors import AgentdError
@@ -325,15 +325,25 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
             all_toolcall: list[float] = []
             all_bare: list[float] = []
             assert daemon.process is not None
-            daemon_process = psutil.Process(daemon.process.pid)
+            pid = daemon.process.pid
+            names = thread_names(pid) if args.threads else {}
+            per_thread: dict[str, list[float]] = {}
             for number in range(1, args.rounds + 1):
-                cpu_before = sum(daemon_process.cpu_times()[:2])
+                # The daemon's threads and its children (the warm helper), as run time.
+                before = snapshot(pid)
                 with gc_paused():
                     toolcall, bare, ready = measure_round(
                         session, args.runs, args.command, args.settle, gap
                     )
-                cpu_ms = (sum(daemon_process.cpu_times()[:2]) - cpu_before) * 1e3 / args.runs
+                spent = delta(before, snapshot(pid))
+                cpu_ms = sum(spent.values()) / 1e6 / args.runs
                 result.daemon_cpu_ms_per_call.append(cpu_ms)
+                by_name: dict[str, float] = {}
+                for key, ns in spent.items():
+                    name = label(pid, key, names)
+                    by_name[name] = by_name.get(name, 0.0) + ns / 1e6 / args.runs
+                for name, ms in by_name.items():
+                    per_thread.setdefault(name, []).append(ms)
                 comparison = Comparison.of(toolcall, bare)
                 result.rounds.append(comparison)
                 all_toolcall += toolcall
@@ -344,6 +354,14 @@ def run_benchmark(args: argparse.Namespace, daemon: Daemon) -> Result:
                     f"a launcher was placed before {ready * 100:.0f}% of the runs",
                     flush=True,
                 )
+            if args.threads:
+                print("daemon CPU per tool call by thread (ms, median of rounds):")
+                medians = {
+                    name: statistics.median(v + [0.0] * (args.rounds - len(v)))
+                    for name, v in per_thread.items()
+                }
+                for name, ms in sorted(medians.items(), key=lambda kv: -kv[1])[:12]:
+                    print(f"  {ms:6.3f}  {name}")
             result.overall = Comparison.of(all_toolcall, all_bare)
             diffs = [r.p50_diff_ms for r in result.rounds]
             result.p50_diff_spread_ms = (min(diffs), max(diffs))
@@ -459,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the daemon's log and state dir"
+    )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also print the daemon's CPU per tool call by thread (names from py-spy)",
     )
     args = parser.parse_args(argv)
     args.command = ["/bin/true"]

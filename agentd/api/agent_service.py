@@ -158,10 +158,24 @@ class AgentService(pb_grpc.AgentServiceServicer):
     @rpc
     def BeginToolCall(self, caller: Caller, request: pb.BeginToolCallRequest, context: Any):
         intent = convert.intent_from_pb(request.intent)
+        session_id = _required(request.session_id)
+        ends = [
+            (
+                _required(end.tool_call_id, f"ends[{i}].tool_call_id"),
+                convert.exit_from_pb(end.exit),
+                end.label,
+                _seconds(end.started_at),
+            )
+            for i, end in enumerate(request.ends)
+        ]
+        if ends:
+            self.manager.end_tool_calls(caller, ends)
         tool_call = self.manager.begin_tool_call(
-            caller, _required(request.session_id), intent, request.pid, ahead=request.ahead
+            caller, session_id, intent, request.pid, ahead=request.ahead
         )
-        return self._tool_call(tool_call, with_usage_paths=True)
+        reply = self._tool_call(tool_call, with_usage_paths=True)
+        reply.ends_handled = len(ends)
+        return reply
 
     @rpc
     def StartToolCall(self, caller: Caller, request: pb.StartToolCallRequest, context: Any):

@@ -54,6 +54,12 @@ START_REPORT_DELAY_SECONDS = 0.05
 AHEAD_DEPTH = 2
 #: How long the reporter retries a report while the daemon is unreachable (restart).
 REPORT_RETRY_SECONDS = 60.0
+#: How long an end report waits to be folded into the placement of the next launcher
+#: (BeginToolCallRequest.ends: one RPC instead of two, and the daemon's handler, the
+#: store commit and gRPC's per-call work once). A run's end is always followed by the
+#: placement that replaces its launcher, which takes it within a millisecond or two;
+#: this only bounds the wait when none comes. flush() sends at once.
+END_FOLD_SECONDS = 0.05
 
 _HEADER = struct.Struct("=III")  # length of the strings, argc, envc (agentd_exec.c)
 
@@ -313,14 +319,18 @@ class Reporter:
         self._cond = threading.Condition()
         self._busy = False
         self._flushing = 0  # flush() in progress: delayed starts are due at once
+        self._lent = 0  # ends taken by take_ends() and not yet given back
         self._thread: threading.Thread | None = None
+        #: False once the daemon turned out not to apply folded ends (an older one).
+        self.fold = True
 
     def started(self, tool_call_id: str, label: str, started_at: float) -> None:
         due = time.monotonic() + START_REPORT_DELAY_SECONDS
         self._put(_Report(tool_call_id, label, started_at, due=due))
 
     def ended(self, tool_call_id: str, label: str, started_at: float, exit: pb.ExitStatus) -> None:
-        self._put(_Report(tool_call_id, label, started_at, exit))
+        due = time.monotonic() + END_FOLD_SECONDS if self.fold else 0.0
+        self._put(_Report(tool_call_id, label, started_at, exit, due=due))
 
     def discarded(self, tool_call_id: str) -> None:
         """A launcher placed ahead was dropped unused: the daemon forgets its tool call
@@ -330,7 +340,44 @@ class Reporter:
     def idle(self) -> bool:
         """Nothing queued or being sent (flush() would return at once)."""
         with self._cond:
-            return not self._queue and not self._busy
+            return not self._queue and not self._busy and not self._lent
+
+    def take_ends(self) -> list[_Report]:
+        """The queued ends, to be folded into a placement (BeginToolCallRequest.ends).
+        Until give_back(), flush() waits for them as for reports being sent."""
+        with self._cond:
+            if not self.fold:
+                return []
+            ends = [r for r in self._queue if r.exit is not None]
+            if ends:
+                self._queue = collections.deque(r for r in self._queue if r.exit is None)
+                self._lent += 1
+            return ends
+
+    def give_back(self, ends: list[_Report], handled: int) -> None:
+        """After the placement: the daemon handled the first `handled` of `ends` (all,
+        or none when the call failed or the daemon predates folding); the rest are
+        sent one by one, with their retries."""
+        if not ends:
+            return
+        with self._cond:
+            self._lent -= 1
+            for report in ends[handled:]:
+                report.due = 0.0
+                self._queue.append(report)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    @staticmethod
+    def end_request(report: _Report) -> pb.EndToolCallRequest:
+        assert report.exit is not None
+        started_at = _timestamp(report.started_at) if report.started_at else None
+        return pb.EndToolCallRequest(
+            tool_call_id=report.tool_call_id,
+            exit=report.exit,
+            label=report.label,
+            started_at=started_at,
+        )
 
     def take_start(self, tool_call_id: str) -> bool:
         """Withdraw a queued start (the caller reports the end itself, synchronously)."""
@@ -345,7 +392,7 @@ class Reporter:
         """Wait until every queued report is sent; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            if not self._queue and not self._busy:
+            if not self._queue and not self._busy and not self._lent:
                 return True  # the common case, without waking the thread
             self._flushing += 1
             self._cond.notify_all()
@@ -357,7 +404,7 @@ class Reporter:
 
     def _wait_empty(self, deadline: float) -> bool:
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue or self._busy or self._lent:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -372,12 +419,15 @@ class Reporter:
                     r for r in self._queue if r.tool_call_id != report.tool_call_id
                 )
             self._queue.append(report)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="agentd-sdk-reporter", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
             self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="agentd-sdk-reporter", daemon=True
+            )
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -410,15 +460,7 @@ class Reporter:
                 ),
             )
         else:
-            method, request = (
-                "EndToolCall",
-                pb.EndToolCallRequest(
-                    tool_call_id=report.tool_call_id,
-                    exit=report.exit,
-                    label=report.label,
-                    started_at=started_at,
-                ),
-            )
+            method, request = "EndToolCall", self.end_request(report)
         deadline = time.monotonic() + REPORT_RETRY_SECONDS
         delay = 0.05
         while True:

@@ -383,8 +383,21 @@ class Session:
             self._pool.prepare(pb.Intent())  # the session's default limits
 
     def _begin_ahead(self, intent: pb.Intent, pid: int) -> pb.ToolCall:
+        """Place a launcher ahead, with the client's pending end reports folded in (one
+        RPC for both; those the daemon did not apply go back to the reporter)."""
         request = pb.BeginToolCallRequest(session_id=self.id, intent=intent, pid=pid, ahead=True)
-        return self.client.call("BeginToolCall", request)
+        reporter = self.client.reporter
+        ends = reporter.take_ends()
+        request.ends.extend(reporter.end_request(r) for r in ends)
+        handled = 0
+        try:
+            tool_call = self.client.call("BeginToolCall", request)
+            handled = min(tool_call.ends_handled, len(ends))
+            if ends and not handled:
+                reporter.fold = False  # a daemon without `ends`: it ignored them
+            return tool_call
+        finally:
+            reporter.give_back(ends, handled)
 
     def placed_ahead(self) -> str | None:
         """The tool-call id the next run() will get if its limits are those of the

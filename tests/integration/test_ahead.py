@@ -14,7 +14,7 @@ import pytest
 
 from agentd.sdk import Client, NotFound
 from agentd.sdk.ahead import spawn_waiting
-from agentd.sdk.errors import ResourceExhausted
+from agentd.sdk.errors import InvalidArgument, ResourceExhausted
 from agentd.v1 import agent_pb2 as pb
 
 MiB = 1024 * 1024
@@ -242,3 +242,81 @@ def test_a_start_noticed_before_the_report_keeps_the_agents_label(agentd, monkey
         ended = tool_call(client, process.tool_call_id)
         assert ended.state == pb.TOOL_CALL_STATE_ENDED
         assert ended.intent.label == "agent: wait for the build"
+
+
+def test_ends_folded_into_the_next_placement_are_applied(agentd):
+    """The SDK sends a run's end inside the BeginToolCall that places the next launcher:
+    one RPC, and the daemon has the exit status and usage as with EndToolCall."""
+    with agentd.client() as client, client.session("fold") as session:
+        sent: list[str] = []
+        call = client.call
+
+        def recording(method, request, timeout=None):  # type: ignore[no-untyped-def]
+            sent.append(method)
+            return call(method, request, timeout)
+
+        client.call = recording  # type: ignore[method-assign]
+        client.reporter._call = recording
+        session.settle()
+        ids = [session.run(["/bin/sh", "-c", f"exit {code}"]).tool_call_id for code in (0, 3)]
+        session.settle()
+        assert "EndToolCall" not in sent and sent.count("BeginToolCall") >= 2
+        for tool_call_id, code in zip(ids, (0, 3), strict=True):
+            ended = tool_call(client, tool_call_id)
+            assert ended.state == pb.TOOL_CALL_STATE_ENDED
+            assert ended.exit.known and ended.exit.exit_code == code
+            assert ended.intent.label == f"/bin/sh -c exit {code}"
+
+
+def test_a_folded_end_is_checked_and_a_refused_one_skipped(agentd):
+    with agentd.client() as client, client.session("fold-check") as session:
+        session.settle()
+        process = session.start(["/bin/sleep", "30"])
+        session.settle()
+        pid, sock = spawn_waiting()
+        try:
+            ok = pb.EndToolCallRequest(
+                tool_call_id=process.tool_call_id, exit=pb.ExitStatus(known=True, exit_code=5)
+            )
+            bad = pb.EndToolCallRequest(tool_call_id="not-an-id", exit=pb.ExitStatus())
+            request = pb.BeginToolCallRequest(
+                session_id=session.id, pid=pid, ahead=True, ends=[ok, bad]
+            )
+            with pytest.raises(InvalidArgument, match=r"ends\[1\]\.tool_call_id"):
+                client.call("BeginToolCall", request)
+            # Nothing applied: the first end's tool call still runs.
+            assert tool_call(client, process.tool_call_id).state == pb.TOOL_CALL_STATE_RUNNING
+            # Unknown: skipped (logged), the rest applied, the launcher placed.
+            unknown = pb.EndToolCallRequest(tool_call_id="tc-0123456789ab", exit=pb.ExitStatus())
+            request.ends[1].CopyFrom(unknown)
+            placed = client.call("BeginToolCall", request)
+            assert placed.ends_handled == 2
+            assert placed.state == pb.TOOL_CALL_STATE_WAITING
+            ended = tool_call(client, process.tool_call_id)
+            assert ended.state == pb.TOOL_CALL_STATE_ENDED and ended.exit.exit_code == 5
+            assert process.popen.wait(10) == -signal.SIGKILL  # ended with its tool call
+        finally:
+            sock.close()
+            os.waitpid(pid, 0)
+
+
+def test_an_end_waiting_to_be_folded_survives_a_daemon_sigkill(agentd):
+    """An end report held back for folding (or lent to a placement the SIGKILL cuts off)
+    still reaches the restarted daemon: the reporter gets it back and retries it."""
+    client = agentd.client()
+    session = client.session("fold-crash")
+    session.settle()
+    result = session.run(["/bin/sh", "-c", "exit 3"])
+    agentd.stop(signal.SIGKILL)  # within the fold delay of the end report
+    agentd.start()
+    other = agentd.client()
+    deadline = time.monotonic() + 20
+    while tool_call(other, result.tool_call_id).state != pb.TOOL_CALL_STATE_ENDED:
+        assert time.monotonic() < deadline, "the end was never reported"
+        time.sleep(0.1)
+    ended = tool_call(other, result.tool_call_id)
+    assert ended.exit.known and ended.exit.exit_code == 3
+    assert client.reporter.flush(20)
+    other.attach("fold-crash").close()
+    client.close()
+    other.close()

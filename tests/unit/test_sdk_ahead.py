@@ -106,3 +106,71 @@ def test_a_start_of_a_command_still_running_is_reported_after_the_delay():
     reporter.started("tc-000000000003", "sleep 60", 1.0)
     assert reporter.flush(5)  # flushing makes it due at once
     assert sent == ["StartToolCall"]
+
+
+class _FakeClient:
+    """What Session._begin_ahead uses of a Client: call() and the reporter."""
+
+    def __init__(self, handled: int | None) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.handled = handled  # None: every end folded in; else a fixed count (old daemon: 0)
+        self.reporter = Reporter(self.call)
+
+    def call(self, method: str, request: object) -> pb.ToolCall:
+        self.calls.append((method, request))
+        if method != "BeginToolCall":
+            return pb.ToolCall()
+        ends = len(request.ends)  # type: ignore[attr-defined]
+        return pb.ToolCall(id="tc-00000000000f", ends_handled=ends if self.handled is None else 0)
+
+
+class _FakeSession:
+    def __init__(self, client: _FakeClient) -> None:
+        self.id = "s"
+        self.client = client
+
+
+def test_pending_ends_are_folded_into_the_next_placement():
+    from agentd.sdk.client import Session
+
+    client = _FakeClient(handled=None)
+    exit_status = pb.ExitStatus(known=True, exit_code=2)
+    client.reporter.ended("tc-000000000001", "make", 1.0, exit_status)
+    client.reporter.ended("tc-000000000002", "", 0.0, pb.ExitStatus())
+    placed = Session._begin_ahead(_FakeSession(client), pb.Intent(), 1234)  # type: ignore[arg-type]
+    assert placed.id == "tc-00000000000f"
+    assert client.reporter.flush(5)
+    # One RPC: the ends travelled in the placement, none was sent again.
+    assert [m for m, _ in client.calls] == ["BeginToolCall"]
+    request = client.calls[0][1]
+    assert [e.tool_call_id for e in request.ends] == ["tc-000000000001", "tc-000000000002"]  # type: ignore[attr-defined]
+    assert request.ends[0].exit.exit_code == 2 and request.ends[0].label == "make"  # type: ignore[attr-defined]
+
+
+def test_ends_a_daemon_did_not_handle_are_sent_alone_and_folding_stops():
+    """A daemon that predates `ends` ignores them (ends_handled 0): the reporter sends
+    them itself, and folds no more."""
+    from agentd.sdk.client import Session
+
+    client = _FakeClient(handled=0)
+    client.reporter.ended("tc-000000000001", "make", 1.0, pb.ExitStatus(known=True))
+    Session._begin_ahead(_FakeSession(client), pb.Intent(), 1234)  # type: ignore[arg-type]
+    assert client.reporter.flush(5)
+    assert [m for m, _ in client.calls] == ["BeginToolCall", "EndToolCall"]
+    assert client.calls[1][1].tool_call_id == "tc-000000000001"  # type: ignore[attr-defined]
+    assert not client.reporter.fold
+    client.reporter.ended("tc-000000000002", "make", 1.0, pb.ExitStatus(known=True))
+    assert client.reporter.take_ends() == []
+
+
+def test_flush_waits_for_ends_lent_to_a_placement():
+    """Read your own writes: ends taken for a placement still count until given back."""
+    reporter = Reporter(lambda method, request: None)
+    reporter.ended("tc-000000000001", "make", 1.0, pb.ExitStatus(known=True))
+    ends = reporter.take_ends()
+    assert len(ends) == 1
+    assert not reporter.idle()
+    assert not reporter.flush(0.2)
+    threading.Timer(0.1, reporter.give_back, (ends, 1)).start()
+    assert reporter.flush(5)
+    assert reporter.idle()
