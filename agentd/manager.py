@@ -295,12 +295,12 @@ class Manager:
         with self._lock:
             session = self.get_session(caller, session_id)
             limits = self._tool_call_limits(session, intent)
-            self._check_launcher(caller, pid)
+            exe = self._check_launcher(caller, pid)
             if ahead:
                 self._check_waiting_cap(session)
             tool_call = self._place(session, caller.uid, intent, limits, pid, waiting=ahead)
             # Still before the launcher's go: the tracker sees every fork of the command.
-            self._track_begin(tool_call, [pid])
+            self._track_begin(tool_call, [pid], exe=exe)
         if not ahead:  # one placed ahead is announced when its command starts
             self._publish(tool_call, "tool_call_begun")
         log.debug("tool_call.begun", tool_call=tool_call.id, session=session.id, pid=pid)
@@ -357,14 +357,17 @@ class Manager:
         pid = tool_call.launcher_pid
         if pid not in pids:
             return  # gone: the reaper ends it
+        # The reaper and the counts ask this of every waiting launcher every second:
+        # the command line is read only once the launcher has executed something.
+        if _runs_launcher(pid):
+            return  # still waiting (or gone: the reaper ends it)
         try:
-            exe = os.readlink(f"/proc/{pid}/exe")
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().rstrip(b"\0").split(b"\0")
         except OSError:
             return
-        if os.path.basename(exe) == LAUNCHER_NAME:
-            return  # still waiting
+        if not argv or argv == [b""]:
+            return  # exited meanwhile (a zombie has no command line)
         label = b" ".join(argv).decode(errors="replace")[:4096]
         if self._mark_started(tool_call, label, None):
             self._label_from_proc.add(tool_call.id)
@@ -798,7 +801,9 @@ class Manager:
 
     # ---- process tracking and events ----------------------------------------------
 
-    def _track_begin(self, tool_call: ToolCall, pids: list[int], seed: bool = False) -> None:
+    def _track_begin(
+        self, tool_call: ToolCall, pids: list[int], seed: bool = False, exe: str | None = None
+    ) -> None:
         if self.tracker is None:
             return
         procs_file = f"{self.backend.path_of(tool_call.cgroup_rel)}/cgroup.procs"
@@ -806,7 +811,7 @@ class Manager:
             if seed:
                 self.tracker.seed(tool_call.id, pids, procs_file)
             else:
-                self.tracker.begin(tool_call.id, pids[0], procs_file)
+                self.tracker.begin(tool_call.id, pids[0], procs_file, exe=exe)
         except Exception as e:
             log.warning("tracking.begin_failed", tool_call=tool_call.id, error=str(e))
         self._guard_begin(tool_call, pids)
@@ -913,9 +918,10 @@ class Manager:
         if not self._visible(caller, owner_uid):
             raise PermissionDeniedError(f"{what} belongs to another user")
 
-    def _check_launcher(self, caller: Caller, pid: int) -> None:
+    def _check_launcher(self, caller: Caller, pid: int) -> str:
         """Only a process of the caller's own, not yet placed, may be moved: otherwise an
-        agent could pull another user's process (or the daemon) under its limits."""
+        agent could pull another user's process (or the daemon) under its limits.
+        Returns the launcher's executable (the tracker records it: one readlink)."""
         if pid <= 1:
             raise InvalidArgumentError("pid", f"{pid} is not a launcher process id")
         if pid == os.getpid():
@@ -946,6 +952,7 @@ class Manager:
                 f"pid {pid} is not an agentd-exec launcher waiting to run its command "
                 f"(it runs {exe or 'something unreadable'})"
             )
+        return exe
 
     def _complete_budget(self, budget: Resources) -> Resources:
         default = self.node.default_session

@@ -96,14 +96,21 @@ class Tracker:
 
     # ---- tool calls --------------------------------------------------------------
 
-    def begin(self, tool_call_id: str, pid: int, cgroup_procs: str | None = None) -> ProcessTree:
-        """Track the tool call whose launcher is `pid`; call before it executes."""
+    def begin(
+        self,
+        tool_call_id: str,
+        pid: int,
+        cgroup_procs: str | None = None,
+        exe: str | None = None,
+    ) -> ProcessTree:
+        """Track the tool call whose launcher is `pid`; call before it executes. `exe`:
+        its executable when the caller has read it already."""
         assert self.source is not None
         with self._lock:
             tree = self._new_tree(tool_call_id)
             st = read_stat(pid)
             if st is not None:
-                tree.add_root(st, read_argv(pid), read_exe(pid))
+                tree.add_root(st, read_argv(pid), exe if exe is not None else read_exe(pid))
         self.source.watch(pid, tree.key, cgroup_procs)
         return tree
 
