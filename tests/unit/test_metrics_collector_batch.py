@@ -93,3 +93,16 @@ def test_dataset_add_many_is_one_transaction_of_all_records(tmp_path: Path) -> N
     assert collector.end_many([tool_call(99)]) == [None]  # never tracked: no record
     assert len(dataset) == 3
     dataset.close()
+
+
+def test_window_dict_is_as_dict_for_every_field() -> None:
+    """The collector's fast copy of a window records exactly what as_dict() would."""
+    import dataclasses
+
+    from agentd.metrics.collector import window_dict
+    from agentd.metrics.window import NodeWindow
+
+    values = {f.name: float(i) + 0.5 for i, f in enumerate(dataclasses.fields(NodeWindow))}
+    window = NodeWindow(**values)
+    assert window_dict(window) == window.as_dict() == values
+    assert window_dict(NodeWindow()) == NodeWindow().as_dict()
