@@ -158,6 +158,8 @@ class NodeApi:
             daemon_pid=os.getpid(),
             log_format=self.cfg.daemon.log_format,
             log_level=self.cfg.daemon.log_level,
+            max_watchers=api.max_watchers,
+            event_history=api.event_history,
         )
         self.readers = ReaderPool(api.readers, lambda fd: spec(ready_fd=fd))
         try:

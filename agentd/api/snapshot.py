@@ -7,10 +7,11 @@ predictor's node window. A reader stats the file on each call and reloads it whe
 was replaced (written whole, then renamed: a reader never sees half a snapshot).
 
 When it is published: after every successful control or admission call, before that
-call answers (NodeService.after_change); at once when the daemon publishes an event
-(sessions opened and closed, tool calls, throttling...) or a reservation changes
-(admitted, used by a session, released, expired); and every `interval` seconds
-otherwise (usage, pressure).
+call answers (NodeService.after_change); at once when a session opens or closes or a
+reservation changes (admitted, used by a session, released, expired): what the room
+left depends on; and every `interval` seconds otherwise. So a reader's answer is at
+most `interval` (0.1 s) plus one build (~1-3 ms) behind the daemon for everything
+else: tool calls started and ended, usage, pressure, the pressure policy's throttles.
 
 Read-your-writes across processes: every such change first bumps a generation
 number in a shared 8-byte file (ChangeCounter: no lock, no system call), and each
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import structlog
 
-from agentd.events import EventBus
+from agentd.events import Event, EventBus
 from agentd.scoring import Capacity, Room
 from agentd.v1 import node_pb2 as pb
 
@@ -44,6 +45,10 @@ log = structlog.get_logger("agentd.api.snapshot")
 #: Usage and pressure in a snapshot are at most this old (GetNodeState on the daemon
 #: samples anew past 0.2 s).
 PUBLISH_INTERVAL_SECONDS = 0.1
+#: Events after which readers wait for a new snapshot (read-your-writes), because
+#: the room left changed. Admission and control calls publish synchronously, and
+#: reservation changes through `changed`.
+ROOM_EVENTS = frozenset({"session_opened", "session_closed"})
 
 
 _COUNTER = struct.Struct("<Q")
@@ -107,8 +112,15 @@ class SnapshotPublisher:
         self._subscription = bus.subscribe(self._on_event, maxsize=1)
         self._thread = threading.Thread(target=self._run, name="agentd-snapshot", daemon=True)
 
-    def _on_event(self, _event: object) -> bool:
-        self.changed()
+    def _on_event(self, event: Event) -> bool:
+        # Only what changes the room readers score against (a session's budget comes
+        # or goes) makes them wait for a new snapshot: CreateSession's caller must see
+        # it in the next score on any connection. Everything else (tool calls,
+        # processes, throttling by the policy, pressure) is in the next periodic
+        # snapshot, at most `interval` later: per event, a busy node (every fork of a
+        # tool call is an event) would rebuild the snapshot hundreds of times a second.
+        if event.kind in ROOM_EVENTS:
+            self.changed()
         return False
 
     def changed(self) -> None:
