@@ -275,7 +275,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         unknown = [
             i for i in missing if known[i] is None or len(request.candidates[i].id) > MAX_ID_LENGTH
         ]
-        computed = self._score_candidates(request, unknown, room, stall, context)
+        predicted = self.score_cache.predictions() if cacheable else {}
+        computed = self._score_candidates(
+            request, unknown, [keys[i] for i in unknown], predicted, room, stall, context
+        )
         known.update(zip(unknown, computed, strict=True))
         keep = cacheable and (not unknown or self._prediction_window() is window)
         for i in missing:
@@ -291,15 +294,22 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self,
         request: pb.ScorePlacementRequest,
         indices: list[int],
+        keys: list[Any],
+        predicted: dict[Any, Any],
         room: Room,
         stall: float,
         context: Any,
     ) -> list[bytes]:
         """The serialized answers (without candidate ids) of the candidates at
-        `indices`: parsed (an invalid one raises its error), predicted in one model
-        call, scored."""
+        `indices` (whose candidate_keys are `keys`): parsed (an invalid one raises
+        its error), predicted in one model call unless in `predicted` (which gets the
+        new ones), scored."""
         parsed = [_candidate(request.candidates[i], f"candidates[{i}]") for i in indices]
-        predictions = self._predict_all([(intent, budget) for _, intent, budget in parsed])
+        unknown = [n for n, key in enumerate(keys) if key not in predicted]
+        fresh = self._predict_all([parsed[n][1:] for n in unknown])
+        for n, prediction in zip(unknown, fresh, strict=True):
+            predicted[keys[n]] = prediction
+        predictions = [predicted[key] for key in keys]
         _check_deadline(context)
         out = []
         for n, (_, intent, budget) in enumerate(parsed):
@@ -328,12 +338,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     def _prediction_window(self) -> Any:
         """What the predictor's answers depend on besides the candidate: the node
-        window it predicts from (PlacementPredictor.window(), one object per window);
-        None without a predictor; _UNCACHEABLE for a predictor that does not say."""
+        window it predicts from (PlacementPredictor.window(), one object per window),
+        taken anew at most every PREDICTION_REFRESH_SECONDS (score_cache.py); None
+        without a predictor; _UNCACHEABLE for a predictor that does not say."""
         if self.predictor is None:
             return None
         window = getattr(self.predictor, "window", None)
-        return window() if callable(window) else _UNCACHEABLE
+        if not callable(window):
+            return _UNCACHEABLE
+        return self.score_cache.epoch(self.predictor, window())
 
     # ---- admission ----------------------------------------------------------------
 

@@ -19,7 +19,6 @@ with the daemon (PR_SET_PDEATHSIG), so a killed daemon leaves no reader behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import json
 import os
@@ -67,7 +66,6 @@ WATCH_METHOD = "/agentd.v1.NodeService/WatchNodeEvents"
 #: a snapshot or another reader): wait this long for the log before asking the daemon.
 CATCH_UP_SECONDS = 0.5
 TAIL_RETRY_SECONDS = 0.2
-WATCH_IDLE_SECONDS = 0.5
 # Sent on by grpc itself, or ours: never taken from the client.
 _NOT_FORWARDED = ("agentd-forwarded-", "grpc-", ":", "user-agent")
 
@@ -363,8 +361,9 @@ class LocalWatches:
                     if payload:
                         yield payload
                 if not batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), WATCH_IDLE_SECONDS)
+                    # No timeout (asyncio.wait_for makes a task per wait: the most of
+                    # an idle watcher's cost): stopping the server cancels the call.
+                    await changed.wait()
         finally:
             self.open -= 1
 

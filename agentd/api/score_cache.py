@@ -1,29 +1,38 @@
 """ScorePlacement's answers per candidate, for one set of scoring inputs.
 
-A candidate's score (feasible, reason, headroom, prediction, score) is a pure
-function of the candidate (its intent and session budget; not its id) and of the
-scoring inputs: the room left, the stall percent, the capacity, the predictor and
-the node window it predicts from. Schedulers score the same few intents over and
-over (every pending pod or tool call against every node, every cycle), while the
-inputs change a few times a second at most. So each answer is kept, serialized
-without its candidate id, until any input changes; a call then costs a lookup and a
-byte join per candidate instead of parsing, a model call and building messages
-(~0.1 ms per candidate).
+A candidate's score (feasible, reason, headroom, prediction, score) is a function of
+the candidate (its intent and session budget; not its id) and of the scoring
+inputs: the room left, the stall percent, the capacity, the predictor and the node
+window it predicts from. Schedulers score the same intents over and over (every
+pending pod or tool call against every node, every cycle), while the inputs change
+a few times a second at most. Three tables, all dropped when an input changes:
 
-Exact, not approximate: the inputs are compared by value (room, stall, capacity) and
-by identity (the predictor, and the NodeWindow object PlacementPredictor hands out:
-a new window is a new object), so an answer from the cache is byte-for-byte the one
-the full computation gives for the same inputs (tests/unit/test_score_cache.py).
+- the finished response entry, by the candidate's whole bytes (id included): a
+  scheduler scoring the same pending work again costs a lookup and a byte join;
+- the answer without its id, by intent and budget (the same intent under another
+  id): one varint and a join more;
+- the prediction, by intent and budget, for the current *epoch*: a change of room
+  or stall (a session opened, a reservation) rescores without the model.
+
+Room, stall and capacity are compared by value and the predictor by identity: an
+answer is the one the full computation gives for them (tests/unit/test_score_cache.py).
+The node window is the one bounded staleness: it is taken anew (a new epoch) when
+PlacementPredictor hands out a new one, but at most every PREDICTION_REFRESH_SECONDS.
 A predictor that cannot say what its answer depends on (no `window()`) turns the
 cache off.
 
 Rejected: caching whole responses keyed on the request's bytes (wins a benchmark
 that repeats one request; a scheduler's candidate lists vary while the candidates
-repeat); a time-to-live (an answer could then outlive a change of the inputs).
+repeat); a time-to-live on whole answers (room and reservations must be exact:
+Admit is checked against them and schedulers read their own reservations at once);
+asking the model on every window (the collector's 0.1 s period: a 10-candidate model
+call ~0.3-1 ms on every tenth call is the p99 of a scheduler's calls).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from agentd.v1 import node_pb2 as pb
@@ -32,6 +41,13 @@ from agentd.v1 import node_pb2 as pb
 #: scheduler cycling through more intents than this gains little from a cache).
 MAX_ENTRIES = 4096
 
+#: A prediction is made from the node window of its epoch, which is renewed when the
+#: window changes but at most this often: a prediction answers for a window at most
+#: this old (plus the collector's 0.1 s period). The model's inputs are 10 s
+#: averages (PSI avg10, rates over the window): a second moves them little, and
+#: asking the model at most once a second per distinct intent keeps it off the
+#: calls' path.
+PREDICTION_REFRESH_SECONDS = 1.0
 _SCORES_FIELD = pb.ScorePlacementResponse.DESCRIPTOR.fields_by_name["scores"].number
 _ID_FIELD = pb.Score.DESCRIPTOR.fields_by_name["candidate_id"].number
 _LENGTH_DELIMITED = 2
@@ -75,13 +91,41 @@ def score_entry(candidate_id: str, answer: bytes) -> bytes:
 
 
 class ScoreCache:
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = MAX_ENTRIES,
+        refresh_seconds: float = PREDICTION_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_entries = max_entries
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
         self._values: tuple[Any, ...] | None = None
         self._objects: tuple[Any, ...] = ()
         self._answers: dict[Any, bytes] = {}
-        self.hits = 0
-        self.misses = 0
+        self._predictions: dict[Any, Any] = {}
+        self._predictor: Any = None
+        self._window: Any = None  # the window of the current epoch
+        self._epoch_began = -float("inf")
+
+    def epoch(self, predictor: Any, window: Any) -> Any:
+        """The window `predictor`'s answers are kept for: `window` (its latest) when
+        the current one is `refresh_seconds` old or the predictor was replaced, else
+        the current one. A new epoch empties the predictions."""
+        now = self.clock()
+        if predictor is not self._predictor or (
+            window is not self._window and now - self._epoch_began >= self.refresh_seconds
+        ):
+            self._predictor, self._window = predictor, window
+            self._epoch_began, self._predictions = now, {}
+        return self._window
+
+    def predictions(self) -> dict[Any, Any]:
+        """Predictions by candidate_key, of the current epoch (`epoch`): a change of
+        room or stall rescores from these without asking the model again."""
+        if len(self._predictions) >= self.max_entries:
+            self._predictions = {}
+        return self._predictions
 
     def answers(self, values: tuple[Any, ...], objects: tuple[Any, ...]) -> dict[Any, bytes]:
         """The answers for these inputs: `values` compared by equality, `objects` by

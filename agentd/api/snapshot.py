@@ -27,7 +27,9 @@ import contextlib
 import mmap
 import os
 import pickle
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -202,6 +204,34 @@ class SnapshotFile:
                     del view.tool_calls[:]
             self._states[with_tool_calls] = state
         return self._states[with_tool_calls]
+
+
+#: Where snapshots are written: tmpfs. On the state directory's ext4 a replace-by-
+#: rename costs ~1.7 ms here (the rename forces the new file's blocks out,
+#: auto_da_alloc), ~35 us on tmpfs; at tens of publications a second that was a few
+#: percent of a core and disk writes for data nobody keeps.
+SHARED_MEMORY = Path("/dev/shm")
+_DIRECTORY_PREFIX = "agentd-snapshot-"
+
+
+def snapshot_directory(fallback: Path) -> Path:
+    """A new root-only directory for this daemon's snapshots on tmpfs (`fallback`
+    without one), after removing those of daemons no longer running (a SIGKILLed
+    daemon leaves its own: its pid is in the name)."""
+    if not SHARED_MEMORY.is_dir():
+        return fallback
+    for old in SHARED_MEMORY.glob(f"{_DIRECTORY_PREFIX}*"):
+        pid = old.name[len(_DIRECTORY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_directory(old)
+    # mkdtemp: a fresh name, created 0700 by this (root) process: nobody else can
+    # have made it or write into it.
+    return Path(tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-", dir=SHARED_MEMORY))
+
+
+def remove_directory(path: Path) -> None:
+    if path.parent == SHARED_MEMORY:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove(path: Path) -> None:

@@ -41,12 +41,13 @@ class CountingPredictor(Predictor):
 
 
 class ScoringOnly(NodeService):
-    """NodeService's ScorePlacement over inputs the test sets (as the reader's)."""
+    """NodeService's ScorePlacement over inputs the test sets (as the reader's). The
+    node window is taken anew on every change unless `refresh_seconds` says."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, refresh_seconds: float = 0.0, clock: Any = None) -> None:
         self.predictor = predictor
         self.capacity = CAPACITY
-        self.score_cache = ScoreCache()
+        self.score_cache = ScoreCache(refresh_seconds=refresh_seconds, clock=clock or (lambda: 0.0))
         self.room = Room(memory=4 << 30, cpu=1.5, pids=1000)
         self.stall = 0.0
 
@@ -151,10 +152,32 @@ def test_a_change_of_room_stall_window_or_predictor_is_scored_anew(window_per_ca
     )
     assert busier == _reference(service, window, request)
 
-    retrained = CountingPredictor()  # another model
+    retrained = CountingPredictor()  # another model, same window
     service.predictor = PlacementPredictor(retrained, lambda: window)
     service.scores(request)
     assert retrained.calls == [2]
+
+
+def test_a_new_window_is_taken_at_most_once_per_refresh_period(window_per_call):
+    now = [100.0]
+    window = NodeWindow(psi_cpu_some=0.1)
+    model = CountingPredictor()
+    service = ScoringOnly(
+        PlacementPredictor(model, lambda: window), refresh_seconds=1.0, clock=lambda: now[0]
+    )
+    request = _request(["a", "b"], [256, 512])
+    first = service.scores(request)
+    window = NodeWindow(psi_cpu_some=0.9)
+    now[0] += 0.5
+    service.room = Room(memory=2 << 30, cpu=1.5, pids=1000)  # the room is always exact
+    within = service.scores(request)
+    assert model.calls == [2]  # the prediction is the previous window's, 0.5 s old
+    assert within.scores[0].prediction == first.scores[0].prediction
+    assert within.scores[0].memory_headroom_bytes == (2 << 30) - (256 << 20)
+    now[0] += 0.5  # a second after the first: the new window counts
+    after = service.scores(request)
+    assert model.calls == [2, 2]
+    assert after == _reference(service, window, request)
 
 
 def test_answers_predicted_while_the_window_turned_over_are_not_kept(window_per_call):
