@@ -394,7 +394,8 @@ def _local(
     path = f"/agentd.v1.NodeService/{name}"
 
     async def handler(message: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not await fresh(service.snapshots):
+        # The usual case (no change since the snapshot) awaits nothing.
+        if service.snapshots.stale() and not await fresh(service.snapshots):
             answer = await forwarder.call(path, message.SerializeToString(), context)
             return response.FromString(answer)
         result, status = service.serve(method, message, context)

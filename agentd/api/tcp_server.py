@@ -204,6 +204,7 @@ class TcpServer:
 
     async def _shutdown(self, grace: float) -> None:
         assert self._server is not None
+        self._aio_service.wake_all()  # the streams see `stopping` and end
         await self._server.stop(grace)
         self._aio_service.close()
         self._stop.set()
