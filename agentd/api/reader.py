@@ -339,13 +339,13 @@ class LocalWatches:
             status = to_status(e)
             await context.abort(status.code, status.details, status.trailing_metadata)
             return
-        cursor = await self._start(request)
-        if cursor is None:
-            async for message in self._forwarded(request, context):
-                yield message
-            return
-        self.open += 1
+        self.open += 1  # before any await: concurrent opens see each other
         try:
+            cursor = await self._start(request)
+            if cursor is None:
+                async for message in self._forwarded(request, context):
+                    yield message
+                return
             while True:
                 changed = self.log.changed
                 batch = self.log.after(cursor)
