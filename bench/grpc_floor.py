@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import native_client
-from api_load import client_process, percentile
+from api_load import client_process, percentile, process_cpu_seconds
 
 METHOD = "/agentd.v1.NodeService/ScorePlacement"
 
@@ -64,7 +64,9 @@ def serve(address: str, certs: str, reuseport: bool, ready: Any, stop: Any) -> N
     asyncio.run(main())
 
 
-def summary(latencies: list[float], errors: int, seconds: float, cpu: float) -> dict[str, float]:
+def summary(
+    latencies: list[float], errors: int, seconds: float, cpu: float, server_cpu: float
+) -> dict[str, float]:
     calls = max(len(latencies), 1)
     return {
         "rate": len(latencies) / seconds,
@@ -72,7 +74,12 @@ def summary(latencies: list[float], errors: int, seconds: float, cpu: float) -> 
         "p99": percentile(latencies, 99) if latencies else 0.0,
         "errors": errors,
         "client_us": cpu / calls * 1e6,
+        "server_us": server_cpu / calls * 1e6,
     }
+
+
+def servers_cpu(procs: list[Any]) -> float:
+    return sum(process_cpu_seconds(p.pid) for p in procs)
 
 
 def main() -> int:
@@ -139,6 +146,10 @@ def main() -> int:
                         )
                         for _ in range(2)
                     ]
+                    time.sleep(max(start_at - time.time(), 0))
+                    began = servers_cpu(procs)
+                    time.sleep(args.seconds)
+                    server_cpu = servers_cpu(procs) - began
                     results = [j.get(timeout=args.seconds + 60) for j in jobs]
                     rows["python"].append(
                         summary(
@@ -146,6 +157,7 @@ def main() -> int:
                             sum(e for _, e, _ in results),
                             args.seconds,
                             sum(c for _, _, c in results),
+                            server_cpu,
                         )
                     )
                     if binary is not None:
@@ -163,11 +175,17 @@ def main() -> int:
                             args.seconds,
                             workdir,
                         )
+                        time.sleep(max(start_at - time.time(), 0))
+                        began = servers_cpu(procs)
+                        time.sleep(args.seconds)
+                        server_cpu = servers_cpu(procs) - began
                         got = native_client.collect(proc, workdir, args.seconds + 60)
                         decoded = pb.ScorePlacementResponse.FromString(got.last_response)
                         assert len(decoded.scores) == 4, "unexpected response"
                         rows["native"].append(
-                            summary(got.latencies, got.errors, args.seconds, got.cpu_seconds)
+                            summary(
+                                got.latencies, got.errors, args.seconds, got.cpu_seconds, server_cpu
+                            )
                         )
                     loads.append(os.getloadavg()[0])
         finally:
@@ -187,8 +205,9 @@ def main() -> int:
             print(
                 f"{servers} server process(es), {client:6s} client: {med('rate')} calls/s, "
                 f"p50 {statistics.median(r['p50'] for r in runs):.2f} ms, p99 "
-                f"{statistics.median(r['p99'] for r in runs):.2f} ms, client CPU/call "
-                f"{med('client_us')} us, errors {sum(r['errors'] for r in runs):.0f} | load "
+                f"{statistics.median(r['p99'] for r in runs):.2f} ms, server CPU/call "
+                f"{med('server_us')} us, client CPU/call {med('client_us')} us, errors "
+                f"{sum(r['errors'] for r in runs):.0f} | load "
                 f"{min(loads):.1f}-{max(loads):.1f}"
             )
     return 0

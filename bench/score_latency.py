@@ -43,6 +43,13 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300, help="per daemon and round")
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--runq", action="store_true", help="eBPF run-queue delay of both ends")
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=0,
+        help="[api] readers of both daemons (0: the daemon answers; its handler histogram "
+        "then covers every call)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("score_latency: needs root (the daemons create cgroups)", file=sys.stderr)
@@ -77,11 +84,13 @@ def main() -> int:
     nodes = {
         "model": node_daemon(
             workdir / "model",
-            api="rate_limit = 0",
+            api=f"rate_limit = 0\nreaders = {args.readers}",
             tables=f'[predictor]\nmodel = "{model_path}"\n'
             f'[prometheus]\nlisten = "127.0.0.1:{metrics_port}"\n',
         ),
-        "fallback": node_daemon(workdir / "fallback", api="rate_limit = 0"),
+        "fallback": node_daemon(
+            workdir / "fallback", api=f"rate_limit = 0\nreaders = {args.readers}"
+        ),
     }
     try:
         stubs = {name: node.stub() for name, node in nodes.items()}
@@ -93,7 +102,10 @@ def main() -> int:
             print(f"{name}: {used}")
             for _ in range(100):  # warm-up
                 stub.ScorePlacement(request, timeout=10)
-        print(f"{args.candidates} candidates, {args.calls} calls per daemon and round")
+        print(
+            f"{args.candidates} candidates, {args.calls} calls per daemon and round, "
+            f"{args.readers} reader processes each"
+        )
         model_pid = nodes["model"].daemon.process.pid  # type: ignore[union-attr]
         runq = RunqProbe({"daemon": model_pid, "client": os.getpid()}) if args.runq else None
         handler_before = handler_buckets(metrics_port)

@@ -91,6 +91,7 @@ class NodeApi:
         self.tcp: TcpServer | None = None
         self.readers: ReaderPool | None = None
         self.publisher: SnapshotPublisher | None = None
+        self.snapshots = Path(cfg.daemon.state_dir) / "api-readers"
 
     def start_tcp(self, health_servicer: health.HealthServicer) -> None:
         """The TCP listener when configured; an unusable one (port taken, unreadable
@@ -127,9 +128,10 @@ class NodeApi:
         buckets = directory / "ratelimit.buckets"
         snapshot.remove(buckets)  # a previous run's
         service.limiter = SharedRateLimiter(buckets, api.rate_limit, api.rate_burst)
+        self.snapshots = snapshot.snapshot_directory(directory)
         self.publisher = SnapshotPublisher(
-            directory / "node.snapshot",
-            ChangeCounter(directory / "generation", writer=True),
+            self.snapshots / "node.snapshot",
+            ChangeCounter(self.snapshots / "generation", writer=True),
             lambda generation: build_snapshot(service, generation),
             service.manager.bus,
         )
@@ -147,7 +149,7 @@ class NodeApi:
             tls_key=str(api.tls_key),
             tls_client_ca=str(api.tls_client_ca),
             snapshot=str(self.publisher.path),
-            generation=str(directory / "generation"),
+            generation=str(self.snapshots / "generation"),
             forward_socket=str(forward),
             rate_limit=api.rate_limit,
             rate_burst=api.rate_burst,
@@ -158,6 +160,8 @@ class NodeApi:
             daemon_pid=os.getpid(),
             log_format=self.cfg.daemon.log_format,
             log_level=self.cfg.daemon.log_level,
+            max_watchers=api.max_watchers,
+            event_history=api.event_history,
         )
         self.readers = ReaderPool(api.readers, lambda fd: spec(ready_fd=fd))
         try:
@@ -179,4 +183,5 @@ class NodeApi:
             self.tcp.stop()
         if self.publisher is not None:
             self.publisher.stop()
+            snapshot.remove_directory(self.snapshots)
         self.audit.close()

@@ -21,6 +21,7 @@ from agentd.api.auth import ADMISSION_METHODS, CONTROL_METHODS, Authenticator, P
 from agentd.api.node_events import overflow, parse_token, to_node_event, token
 from agentd.api.node_sampler import NodeSampler, Pressure
 from agentd.api.ratelimit import RateLimiter
+from agentd.api.score_cache import ScoreCache, candidate_key, score_entry
 from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.status import internal, to_status
 from agentd.cgroups.base import CgroupError
@@ -60,6 +61,8 @@ _ALL = Caller(uid=0, gid=0, pid=0)
 NODE_WIDE_PRINCIPAL = Principal(name="snapshot", role=Role.SCHEDULER, transport="tcp", caller=_ALL)
 
 Response = TypeVar("Response")
+#: A predictor whose inputs are unknown: its answers are never cached.
+_UNCACHEABLE = object()
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._watches_by_transport: dict[str, int] = {"unix": 0, "tcp": 0}
         self._responses_lock = threading.Lock()
         self._responses: dict[int, pb.WatchNodeEventsResponse | None] = {}  # by seq
+        self.score_cache = ScoreCache()
 
     def serve(
         self, method: Callable[..., Response], request: Any, context: Any
@@ -224,18 +228,96 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             raise InvalidArgumentError(
                 "candidates", f"{len(request.candidates)} given, at most {MAX_CANDIDATES}"
             )
-        parsed = [_candidate(c, f"candidates[{i}]") for i, c in enumerate(request.candidates)]
         room, stall = self.scoring_inputs()
-        response = pb.ScorePlacementResponse()
-        predictions = self._predict_all([(intent, budget) for _, intent, budget in parsed])
+        # Each candidate's answer is kept until an input changes (score_cache.py):
+        # only the candidates not seen with these inputs are parsed, predicted and
+        # scored. The window is the predictor's, taken before predicting; answers
+        # predicted from another one (it turned over meanwhile) are not kept.
+        window = self._prediction_window()
+        cacheable = window is not _UNCACHEABLE
+        answers = (
+            self.score_cache.answers((room, stall, self.capacity), (self.predictor, window))
+            if cacheable
+            else {}
+        )
+        # Two keys per candidate: its whole bytes (id included) for the finished
+        # response entry, the usual case of a scheduler scoring the same pending work
+        # again; and its intent and budget alone for the answer under any other id.
+        entries: list[bytes] = []
+        missing: list[int] = []
+        for i, c in enumerate(request.candidates):
+            entry = answers.get(c.SerializeToString(deterministic=True))
+            if entry is None:
+                missing.append(i)
+            entries.append(entry or b"")
+        if missing:
+            self._fill(request, missing, entries, answers, cacheable, window, room, stall, context)
         _check_deadline(context)
-        for i, (candidate_id, intent, budget) in enumerate(parsed):
-            if i % 16 == 15:
+        return pb.ScorePlacementResponse.FromString(b"".join(entries))
+
+    def _fill(
+        self,
+        request: pb.ScorePlacementRequest,
+        missing: list[int],
+        entries: list[bytes],
+        answers: dict[Any, bytes],
+        cacheable: bool,
+        window: Any,
+        room: Room,
+        stall: float,
+        context: Any,
+    ) -> None:
+        """The response entries of the candidates at `missing`, from the answers to
+        their intents where known, computed otherwise; kept unless the predictor's
+        window turned over meanwhile."""
+        keys = {i: candidate_key(request.candidates[i]) for i in missing}
+        known = {i: answers.get(keys[i]) for i in missing}  # before any put clears it
+        unknown = [
+            i for i in missing if known[i] is None or len(request.candidates[i].id) > MAX_ID_LENGTH
+        ]
+        predicted = self.score_cache.predictions() if cacheable else {}
+        computed = self._score_candidates(
+            request, unknown, [keys[i] for i in unknown], predicted, room, stall, context
+        )
+        known.update(zip(unknown, computed, strict=True))
+        keep = cacheable and (not unknown or self._prediction_window() is window)
+        for i in missing:
+            c = request.candidates[i]
+            answer = known[i]
+            assert answer is not None
+            entries[i] = score_entry(c.id, answer)
+            if keep:
+                self.score_cache.put(answers, keys[i], answer)
+                self.score_cache.put(answers, c.SerializeToString(deterministic=True), entries[i])
+
+    def _score_candidates(
+        self,
+        request: pb.ScorePlacementRequest,
+        indices: list[int],
+        keys: list[Any],
+        predicted: dict[Any, Any],
+        room: Room,
+        stall: float,
+        context: Any,
+    ) -> list[bytes]:
+        """The serialized answers (without candidate ids) of the candidates at
+        `indices` (whose candidate_keys are `keys`): parsed (an invalid one raises
+        its error), predicted in one model call unless in `predicted` (which gets the
+        new ones), scored."""
+        parsed = [_candidate(request.candidates[i], f"candidates[{i}]") for i in indices]
+        unknown = [n for n, key in enumerate(keys) if key not in predicted]
+        fresh = self._predict_all([parsed[n][1:] for n in unknown])
+        for n, prediction in zip(unknown, fresh, strict=True):
+            predicted[keys[n]] = prediction
+        predictions = [predicted[key] for key in keys]
+        _check_deadline(context)
+        out = []
+        for n, (_, intent, budget) in enumerate(parsed):
+            if n % 16 == 15:
                 _check_deadline(context)
-            prediction = predictions[i]
+            prediction = predictions[n]
             result = score(Demand.of(intent, budget), room, self.capacity, stall, prediction)
-            entry = response.scores.add(
-                candidate_id=candidate_id,
+            entry = pb.Score(
                 feasible=result.feasible,
                 reason=result.reason,
                 memory_headroom_bytes=max(result.memory_headroom, 0),
@@ -251,7 +333,20 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                         model=prediction.model,
                     )
                 )
-        return response
+            out.append(entry.SerializeToString(deterministic=True))
+        return out
+
+    def _prediction_window(self) -> Any:
+        """What the predictor's answers depend on besides the candidate: the node
+        window it predicts from (PlacementPredictor.window(), one object per window),
+        taken anew at most every PREDICTION_REFRESH_SECONDS (score_cache.py); None
+        without a predictor; _UNCACHEABLE for a predictor that does not say."""
+        if self.predictor is None:
+            return None
+        window = getattr(self.predictor, "window", None)
+        if not callable(window):
+            return _UNCACHEABLE
+        return self.score_cache.epoch(self.predictor, window())
 
     # ---- admission ----------------------------------------------------------------
 
@@ -401,12 +496,12 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             watch.cursor = event.seq
             if not watch.visible(event):
                 continue
-            response = self._response_of(event)
+            response = self.response_of(event)
             if response is not None:
                 out.append(response)
         return out
 
-    def _response_of(self, event: Event) -> pb.WatchNodeEventsResponse | None:
+    def response_of(self, event: Event) -> pb.WatchNodeEventsResponse | None:
         """The stream message for `event`, built once for all streams (100 watchers
         would otherwise build 100 identical messages per event); None for kinds
         NodeService does not carry. Messages are never changed once built."""

@@ -51,8 +51,6 @@ INLINE_CANDIDATES = 32
 #: sessions.
 INLINE_SESSIONS = 8
 _NODE_WIDE = Caller(uid=0, gid=0, pid=0)
-#: How often an idle stream looks at whether the daemon is stopping.
-IDLE_CHECK_SECONDS = 0.5
 
 
 class BusWakeup:
@@ -73,10 +71,10 @@ class BusWakeup:
         if not self._pending:
             self._pending = True
             with contextlib.suppress(RuntimeError):  # the loop is closed: stopping
-                self._loop.call_soon_threadsafe(self._wake)
+                self._loop.call_soon_threadsafe(self.wake)
         return False
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         self._pending = False
         woken, self.current = self.current, asyncio.Event()
         woken.set()
@@ -157,6 +155,12 @@ class AioNodeService(node_pb2_grpc.NodeServiceServicer):
         if self.wakeup is not None:
             self.wakeup.close()
 
+    def wake_all(self) -> None:
+        """On the loop: every stream looks again (at shutdown, once `stopping` is
+        set, so that they end at once instead of holding the server's grace)."""
+        if self.wakeup is not None:
+            self.wakeup.wake()
+
     GetNodeState = _unary("GetNodeState")
     ScorePlacement = _unary("ScorePlacement")
     Admit = _unary("Admit")
@@ -186,7 +190,9 @@ class AioNodeService(node_pb2_grpc.NodeServiceServicer):
                 for response in batch:
                     yield response
                 if not batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(published.wait(), IDLE_CHECK_SECONDS)
+                    # No timeout: asyncio.wait_for makes a task per wait, which was
+                    # most of an idle stream's cost per event. Stopping wakes every
+                    # stream (wake_all) and they see `stopping`.
+                    await published.wait()
         finally:
             service.close_watch(watch)

@@ -36,10 +36,15 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from agentd.api.auth import Authenticator
+from agentd.api.event_tail import TAIL_METHOD, EventLog, decode_batch, decode_header
+from agentd.api.node_events import parse_token, token
 from agentd.api.node_service import NodeService, node_rpc
 from agentd.api.peercred import TokenRegistry
+from agentd.api.score_cache import ScoreCache
 from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotFile
+from agentd.api.status import to_status
+from agentd.errors import AgentdError, ResourceExhaustedError
 from agentd.log import configure_logging
 from agentd.metrics.window import NodeWindow
 from agentd.scoring import Room
@@ -56,6 +61,11 @@ _PR_SET_PDEATHSIG = 1
 #: built at once: ~1-3 ms) before asking the daemon instead.
 FRESH_WAIT_SECONDS = 0.1
 FRESH_POLL_SECONDS = 0.001
+WATCH_METHOD = "/agentd.v1.NodeService/WatchNodeEvents"
+#: A watcher's token may be a little ahead of this reader's event log (it came from
+#: a snapshot or another reader): wait this long for the log before asking the daemon.
+CATCH_UP_SECONDS = 0.5
+TAIL_RETRY_SECONDS = 0.2
 # Sent on by grpc itself, or ours: never taken from the client.
 _NOT_FORWARDED = ("agentd-forwarded-", "grpc-", ":", "user-agent")
 
@@ -79,6 +89,8 @@ class ReaderSpec:
     log_format: str  # as the daemon's ([daemon] log_format, log_level)
     log_level: str
     ready_fd: int  # written to once listening
+    max_watchers: int = 128  # WatchNodeEvents streams this reader serves ([api] max_watchers)
+    event_history: int = 16_384  # events its log keeps for watchers ([api] event_history)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -110,6 +122,7 @@ class ReaderNodeService(NodeService):
         self._windowed: NodeSnapshot | None = None  # the snapshot _window is from
         self.predictor = _placement_predictor(model, lambda: self._window)
         self.capacity = snapshots.current().capacity
+        self.score_cache = ScoreCache()
 
     def scoring_inputs(self) -> tuple[Room, float]:
         snapshot = self.snapshots.current()
@@ -217,9 +230,12 @@ async def _pass_on(error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContex
 
 
 class ReaderHandler(grpc.GenericRpcHandler):
-    """ScorePlacement and GetNodeState here, everything else forwarded."""
+    """ScorePlacement, GetNodeState and (from the event log) WatchNodeEvents here,
+    everything else forwarded."""
 
-    def __init__(self, service: ReaderNodeService, forwarder: Forwarder) -> None:
+    def __init__(
+        self, service: ReaderNodeService, forwarder: Forwarder, watches: LocalWatches
+    ) -> None:
         self.forwarder = forwarder
         self.local = {
             f"/agentd.v1.NodeService/{name}": _local(service, forwarder, name, request, response)
@@ -228,12 +244,134 @@ class ReaderHandler(grpc.GenericRpcHandler):
                 ("GetNodeState", pb.GetNodeStateRequest, pb.GetNodeStateResponse),
             )
         }
+        self.local[WATCH_METHOD] = grpc.unary_stream_rpc_method_handler(
+            watches.watch, request_deserializer=pb.WatchNodeEventsRequest.FromString
+        )
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         return self.local.get(method) or self.forwarder.handler(method)
+
+
+class Tail:
+    """The reader's one event stream from the daemon (event_tail.py), into `log`;
+    reconnected from the last event received when it breaks."""
+
+    def __init__(self, channel: grpc.aio.Channel, log: EventLog) -> None:
+        self.stream = channel.unary_stream(TAIL_METHOD)
+        self.log = log
+
+    async def run(self, start: int | None) -> None:
+        while True:
+            request = b"" if start is None else start.to_bytes(8, "little")
+            call = self.stream(request)
+            try:
+                header = True
+                async for frame in call:
+                    if header:
+                        self.log.restart(*decode_header(frame))
+                        header = False
+                    else:
+                        self.log.append(*decode_batch(frame))
+            except grpc.aio.AioRpcError as e:
+                log.warning("reader.tail_broken", code=e.code().name)
+            finally:
+                call.cancel()
+                self.log.disconnected()
+            start = self.log.last if self.log.boot_id else None
+            await asyncio.sleep(TAIL_RETRY_SECONDS)
+
+
+class LocalWatches:
+    """WatchNodeEvents from the reader's event log: same checks as the daemon's
+    (identity from the certificate, rate limit, role, a bound on streams), the same
+    messages (the daemon built them), in order. What the log does not cover (a token
+    older than it, of another daemon run, malformed, or a session's stream, which
+    the daemon checks against its sessions) goes to the daemon, as before."""
+
+    def __init__(
+        self,
+        service: ReaderNodeService,
+        forwarder: Forwarder,
+        event_log: EventLog,
+        limit: int,
+    ) -> None:
+        self.service = service
+        self.forwarder = forwarder
+        self.log = event_log
+        self.limit = limit
+        self.open = 0
+        self._forward = forwarder.handler(WATCH_METHOD)
+
+    async def _start(self, request: pb.WatchNodeEventsRequest) -> int | None:
+        """Where a local stream starts, or None when the daemon must serve it."""
+        if request.session_id or not self.log.connected:
+            return None
+        try:
+            point = parse_token(request.resume_token)
+        except AgentdError:
+            return None  # the daemon says what is wrong with it
+        if point is None:
+            return self.log.last
+        if point.boot_id != self.log.boot_id:
+            return None
+        waited = 0.0
+        # A token from another process's snapshot can be a little ahead of this log.
+        while point.seq > self.log.last and waited < CATCH_UP_SECONDS:
+            await asyncio.sleep(FRESH_POLL_SECONDS * 5)
+            waited += FRESH_POLL_SECONDS * 5
+        return point.seq if self.log.covers(point.seq) else None
+
+    async def watch(
+        self, request: pb.WatchNodeEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        try:
+            who = self.service.principal(context)
+            self.service.limiter.take(who.key)
+            who.check_allowed("WatchNodeEvents")
+            if self.open >= self.limit:
+                raise ResourceExhaustedError(
+                    f"{self.limit} event streams are open on this reader (the limit)"
+                )
+        except AgentdError as e:
+            status = to_status(e)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            return
+        self.open += 1  # before any await: concurrent opens see each other
+        try:
+            cursor = await self._start(request)
+            if cursor is None:
+                async for message in self._forwarded(request, context):
+                    yield message
+                return
+            while True:
+                changed = self.log.changed
+                batch = self.log.after(cursor)
+                if batch is None:  # fell off the log, or the tail broke: the daemon
+                    resumed = pb.WatchNodeEventsRequest(
+                        resume_token=token(self.log.boot_id, cursor)
+                    )
+                    async for message in self._forwarded(resumed, context):
+                        yield message
+                    return
+                for seq, payload in batch:
+                    cursor = seq
+                    if payload:
+                        yield payload
+                if not batch:
+                    # No timeout (asyncio.wait_for makes a task per wait: the most of
+                    # an idle watcher's cost): stopping the server cancels the call.
+                    await changed.wait()
+        finally:
+            self.open -= 1
+
+    def _forwarded(
+        self, request: pb.WatchNodeEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        assert self._forward is not None
+        return self._forward.unary_stream(request.SerializeToString(), context)
 
 
 async def fresh(snapshots: SnapshotFile) -> bool:
@@ -256,7 +394,8 @@ def _local(
     path = f"/agentd.v1.NodeService/{name}"
 
     async def handler(message: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not await fresh(service.snapshots):
+        # The usual case (no change since the snapshot) awaits nothing.
+        if service.snapshots.stale() and not await fresh(service.snapshots):
             answer = await forwarder.call(path, message.SerializeToString(), context)
             return response.FromString(answer)
         result, status = service.serve(method, message, context)
@@ -282,6 +421,11 @@ async def serve(spec: ReaderSpec) -> None:
         spec.model,
     )
     forwarder = Forwarder(spec.forward_socket)
+    event_log = EventLog(spec.event_history)
+    tail = asyncio.create_task(
+        Tail(forwarder.channel, event_log).run(_snapshot_seq(service.snapshots))
+    )
+    watches = LocalWatches(service, forwarder, event_log, spec.max_watchers)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", spec.max_request_bytes),
@@ -289,7 +433,7 @@ async def serve(spec: ReaderSpec) -> None:
             ("grpc.so_reuseport", 1),
         ]
     )
-    server.add_generic_rpc_handlers([ReaderHandler(service, forwarder)])
+    server.add_generic_rpc_handlers([ReaderHandler(service, forwarder, watches)])
     credentials = grpc.ssl_server_credentials(
         [(Path(spec.tls_key).read_bytes(), Path(spec.tls_cert).read_bytes())],
         root_certificates=Path(spec.tls_client_ca).read_bytes(),
@@ -303,7 +447,18 @@ async def serve(spec: ReaderSpec) -> None:
     log.info("reader.listening", address=spec.address, pid=os.getpid())
     await stop.wait()
     await server.stop(1.0)
+    tail.cancel()
     await forwarder.channel.close()
+
+
+def _snapshot_seq(snapshots: SnapshotFile) -> int | None:
+    """The event number the snapshot's state was taken at: the log starts there, so
+    that a watcher listing then watching through this reader is served here."""
+    try:
+        point = parse_token(snapshots.state(with_tool_calls=False).resume_token)
+    except AgentdError:
+        return None
+    return None if point is None else point.seq
 
 
 def main(argv: list[str]) -> int:

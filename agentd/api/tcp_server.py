@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agentd.api.event_tail import TAIL_METHOD, serve_tail
 from agentd.api.node_service import NodeService
 from agentd.api.node_service_aio import AioNodeService
 from agentd.observability.interceptor import AioApiMetricsInterceptor
@@ -81,6 +82,29 @@ class AioHealth(health_pb2_grpc.HealthServicer):
                 last = status
                 yield health_pb2.HealthCheckResponse(status=status)
             await asyncio.sleep(WATCH_POLL_SECONDS)
+
+
+class _TailHandler(grpc.GenericRpcHandler):
+    def __init__(self, service: NodeService, aio_service: AioNodeService) -> None:
+        self.node_service = service
+        self.aio_service = aio_service
+        self.handler = grpc.unary_stream_rpc_method_handler(self._tail)
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method == TAIL_METHOD:  # type: ignore[attr-defined]
+            return self.handler
+        return None
+
+    async def _tail(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        start = int.from_bytes(request, "little") if len(request) == 8 else None
+        wakeup = self.aio_service.wakeup
+        assert wakeup is not None
+        async for frame in serve_tail(self.node_service, lambda: wakeup.current, start):
+            yield frame
 
 
 class TcpServer:
@@ -150,6 +174,10 @@ class TcpServer:
             interceptors=[AioApiMetricsInterceptor("tcp")],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(self._aio_service, server)
+        if self.forward_socket is not None:
+            # The readers' one event stream each (event_tail.py): only here, on the
+            # root-only socket, never on a TCP listener.
+            server.add_generic_rpc_handlers([_TailHandler(self.service, self._aio_service)])
         health_pb2_grpc.add_HealthServicer_to_server(AioHealth(self.health), server)
         reflection.enable_server_reflection(
             (NODE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -176,6 +204,7 @@ class TcpServer:
 
     async def _shutdown(self, grace: float) -> None:
         assert self._server is not None
+        self._aio_service.wake_all()  # the streams see `stopping` and end
         await self._server.stop(grace)
         self._aio_service.close()
         self._stop.set()

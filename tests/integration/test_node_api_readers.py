@@ -10,13 +10,14 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import require_cgroup_v1
-from node_api_support import NodeDaemon, node_daemon
+from node_api_support import NodeDaemon, free_port, node_daemon
 
 from agentd.sdk.node import tls_channel
 from agentd.v1 import agent_pb2 as apb
@@ -263,3 +264,64 @@ def test_a_tls_channel_of_the_sdk_works_against_readers(node):
     )
     stub = node_pb2_grpc.NodeServiceStub(channel)
     assert stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.node_name
+
+
+def _streams_open(port: int) -> dict[str, float]:
+    """The daemon's open streams by method (its Prometheus gauge)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("agentd_api_streams_open{"):
+            method = line.split('method="')[1].split('"')[0]
+            out[method] = out.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_watchers_are_served_by_the_readers_with_nothing_lost(tmp_path: Path):
+    require_cgroup_v1()
+    metrics = free_port()
+    node = node_daemon(
+        tmp_path, f"readers = {READERS}", tables=f'[prometheus]\nlisten = "127.0.0.1:{metrics}"\n'
+    )
+    try:
+        stubs = _stubs(node, 8)
+        with node.daemon.client() as client:
+            client.session("before-the-watchers", memory="16M").close()
+            first = stubs[0].GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT)
+            watches = []
+            for stub in stubs:  # list, then watch, on every connection (both readers)
+                listed = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT)
+                request = pb.WatchNodeEventsRequest(resume_token=listed.resume_token)
+                watches.append(stub.WatchNodeEvents(request, timeout=60))
+            # One from a token older than every event: whatever serves it, nothing lost.
+            oldest = first.resume_token.rsplit(".", 1)[0] + ".0"
+            watches.append(
+                stubs[1].WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=oldest), timeout=60)
+            )
+            names = [f"watched-{n}" for n in range(5)]
+            for name in names:
+                client.session(name, memory="16M").close()
+        expected = [
+            (kind, name)
+            for name in names
+            for kind in (pb.NODE_EVENT_KIND_SESSION_OPENED, pb.NODE_EVENT_KIND_SESSION_CLOSED)
+        ]
+        for watch in watches[:-1]:
+            got = [next(watch).event for _ in expected]
+            assert [(e.kind, e.session_id) for e in got] == expected
+        replayed = [next(watches[-1]).event for _ in range(2 + len(expected))]
+        assert [(e.kind, e.session_id) for e in replayed] == [
+            (pb.NODE_EVENT_KIND_SESSION_OPENED, "before-the-watchers"),
+            (pb.NODE_EVENT_KIND_SESSION_CLOSED, "before-the-watchers"),
+            *expected,
+        ]
+        # Served from the readers' logs: the daemon holds one tail per reader, and
+        # none of the 8 listed-then-watched streams (the old token's may be its).
+        streams = _streams_open(metrics)
+        assert streams.get("/agentd.internal.EventTail/Tail") == READERS
+        assert streams.get("/agentd.v1.NodeService/WatchNodeEvents", 0) <= 1
+        for watch in watches:
+            watch.cancel()
+    finally:
+        leftovers = node.daemon.cleanup()
+        assert not leftovers, f"groups left behind: {leftovers}"

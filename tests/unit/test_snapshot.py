@@ -4,6 +4,7 @@ until a snapshot built after that change is out."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotFile, SnapshotPublisher
@@ -69,3 +70,47 @@ def test_state_without_tool_calls_unless_asked(tmp_path):
     assert not reader.state(with_tool_calls=False).state.sessions[0].tool_calls
     assert reader.state(with_tool_calls=True).resume_token == "boot.1"
     publisher.stop()
+
+
+def test_other_events_wait_for_the_next_periodic_snapshot(tmp_path):
+    built: list[int] = []
+    publisher, bus = _publisher(tmp_path, built, interval=0.2)
+    publisher.start()
+    reader = SnapshotFile(publisher.path, ChangeCounter(tmp_path / "generation", writer=False))
+    first = reader.current()
+    began = time.monotonic()
+    # A process or a tool call: readers do not wait (no generation bump) and no
+    # snapshot is built for it; the periodic one, at most `interval` later, has it.
+    for n in range(50):
+        bus.publish(Event("s1", f"t{n}", 0, "tool_call_begun", {}))
+    assert not reader.stale()
+    while reader.current() is first and time.monotonic() - began < 5:
+        time.sleep(0.01)
+    elapsed = time.monotonic() - began
+    assert 0.05 < elapsed < 2.0  # the period (0.2 s), not at once
+    assert len(built) <= 2 + elapsed / 0.2  # the first and the periodic ones: not 50 more
+    publisher.stop()
+
+
+def test_snapshots_go_to_a_private_tmpfs_directory_and_dead_daemons_are_cleaned(
+    tmp_path, monkeypatch
+):
+    from agentd.api import snapshot
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(snapshot, "SHARED_MEMORY", shm)
+    dead = shm / "agentd-snapshot-999999999-abc"  # a pid that cannot be running
+    dead.mkdir()
+    (dead / "node.snapshot").write_bytes(b"x")
+    alive = shm / f"agentd-snapshot-{os.getpid()}-def"  # a running daemon's
+    alive.mkdir()
+    other = shm / "someone-else"
+    other.mkdir()
+    made = snapshot.snapshot_directory(tmp_path / "fallback")
+    assert made.parent == shm and made.stat().st_mode & 0o777 == 0o700
+    assert not dead.exists() and alive.exists() and other.exists()
+    snapshot.remove_directory(made)
+    assert not made.exists()
+    monkeypatch.setattr(snapshot, "SHARED_MEMORY", tmp_path / "no-tmpfs")
+    assert snapshot.snapshot_directory(tmp_path / "fallback") == tmp_path / "fallback"
