@@ -14,7 +14,13 @@ import pytest
 from agentd.metrics.dataset import PAIRED_BASELINE_TAG, Record, SoloRule, load_jsonl
 from agentd.metrics.window import NodeWindow
 from agentd.predictor import CandidateFeatures, Predictor
-from agentd.predictor.evaluate import antagonist_of, evaluate_split, workload_of
+from agentd.predictor.evaluate import (
+    antagonist_of,
+    cell_floor,
+    evaluate_split,
+    noise_floor,
+    workload_of,
+)
 from agentd.predictor.features import (
     FEATURE_NAMES,
     ClassProfile,
@@ -90,6 +96,17 @@ def test_no_record_starts_at_its_launchers_placement(records: list[Record]) -> N
     for r in records:
         previous = [e for e in ends if e < r.ended_at]
         assert not previous or r.started_at >= previous[-1] + 0.4, r.tool_call_id
+
+
+def test_the_ground_truths_own_noise_is_measured(records: list[Record]) -> None:
+    """Solo runs against their solo neighbours, and repetitions of one contended cell
+    against each other: the recording with a CPU to itself is far quieter than the
+    shared-machine one (44.8 pp solo), and contended runs are noisier than solo ones."""
+    solo = noise_floor(records, RULE)
+    cells = cell_floor(records, RULE)
+    assert solo is not None and solo["n"] >= 150
+    assert solo["mae_pp"] < 20, solo
+    assert cells["pairs"] >= 100 and solo["mae_pp"] < cells["mae_pp"] < 40, cells
 
 
 @pytest.mark.parametrize(
