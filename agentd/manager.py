@@ -335,6 +335,10 @@ class Manager:
                 if len(label) > 4096:
                     raise InvalidArgumentError("label", "is longer than 4096 characters")
                 tool_call.intent = replace(tool_call.intent, label=label)
+                # and its start: the notice kept the launcher's placement time, and
+                # the wall time (the predictor's dataset) counted the idle launcher
+                if started_at is not None:
+                    tool_call.started_at = min(max(started_at, tool_call.started_at), time.time())
                 self.store.save_tool_call(tool_call)
             elif started:
                 self.store.save_tool_call(tool_call)

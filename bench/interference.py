@@ -49,7 +49,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from agentd_process import AgentdProcess  # noqa: E402
 
-from agentd.metrics.dataset import Dataset, Record, command_class, export_jsonl  # noqa: E402
+from agentd.metrics.dataset import (  # noqa: E402
+    PAIRED_BASELINE_TAG,
+    Dataset,
+    Record,
+    command_class,
+    export_jsonl,
+    load_jsonl,
+)
 from agentd.sdk import Client  # noqa: E402
 
 PY = sys.executable
@@ -242,7 +249,13 @@ def run_matrix(
 
         def victim(v: Workload, tags: dict[str, str]) -> str:
             time.sleep(gap)
-            tags = {**tags, "workload": v.name, "loadavg1": f"{os.getloadavg()[0]:.2f}"}
+            tags = {
+                **tags,
+                "workload": v.name,
+                "loadavg1": f"{os.getloadavg()[0]:.2f}",
+                # the CPUs it shared with the antagonist (the predictor's shared_cpus)
+                "cpus": cpus,
+            }
             result = victim_session.run(
                 confined(v.argv, cpus, nice),
                 memory=v.memory,
@@ -306,6 +319,28 @@ def relabel(records: list[Record]) -> int:
     return fixed
 
 
+def drop_started_at_placement(records: list[Record], gap: float) -> list[Record]:
+    """The records whose start is right; the others are dropped.
+
+    The harness sleeps `gap` seconds before every victim, so no victim can start
+    within gap / 2 of the previous victim's end. One does when agentd noticed its
+    command before the SDK's start report arrived (`Manager._notice_start`) and kept
+    the launcher's placement time as its start: the previous victim's end, or the one
+    before (the SDK keeps two launchers placed ahead). Such a record's duration counts
+    the idle launcher too (on the quiet recording, 61 of 387 were ~4 s too long, and a
+    solo run 5x its neighbours poisons four slowdowns), so it is dropped, and the
+    paired baselines are computed from the solo runs that remain (a contended run
+    left with neither of its solo neighbours is dropped too)."""
+    ends = sorted(r.ended_at for r in records)
+    kept = []
+    for r in records:
+        previous = [e for e in ends if e < r.ended_at]
+        if previous and r.started_at < previous[-1] + gap / 2:
+            continue
+        kept.append(r)
+    return kept
+
+
 def paired_baselines(records: list[Record]) -> None:
     """Tag every record with the solo baseline it is measured against: for a contended
     run the mean of the solo runs just before and after it; for a solo run the mean
@@ -328,9 +363,36 @@ def paired_baselines(records: list[Record]) -> None:
             ]
         pair = [p for p in pair if p.exit_code == 0]
         if pair:
-            r.tags["solo_baseline_seconds"] = (
-                f"{sum(p.duration_seconds for p in pair) / len(pair):.6f}"
-            )
+            r.tags[PAIRED_BASELINE_TAG] = f"{sum(p.duration_seconds for p in pair) / len(pair):.6f}"
+
+
+def reprocess(source: Path, out: Path, gap: float, cpus: str) -> dict[str, Any]:
+    """Apply this harness's post-processing (labels, the `cpus` tag, dropping records
+    started at placement, paired baselines) to an earlier recording; its summary is
+    kept, with what changed added."""
+    with open(source) as f:
+        records = load_jsonl(f)
+    for r in records:
+        r.tags.pop(PAIRED_BASELINE_TAG, None)
+        r.tags.setdefault("cpus", cpus)
+    relabelled = relabel(records)
+    kept = drop_started_at_placement(records, gap)
+    paired_baselines(kept)
+    paired = [r for r in kept if PAIRED_BASELINE_TAG in r.tags]
+    with open(out, "w") as f:
+        export_jsonl(paired, f)
+    summary_path = source.with_suffix(".summary.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update(
+        records=len(paired),
+        recorded=len(records),
+        relabelled=summary.get("relabelled", 0) + relabelled,
+        dropped_started_at_placement=len(records) - len(kept),
+        dropped_without_solo_neighbours=len(kept) - len(paired),
+        reprocessed_from=str(source),
+    )
+    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,7 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         "--cpus", default=str((os.cpu_count() or 1) - 1), help="the experiment's CPU(s)"
     )
     parser.add_argument("--nice", type=int, default=-10, help="victims' and antagonists' nice")
+    parser.add_argument(
+        "--reprocess",
+        type=Path,
+        help="record nothing: post-process this earlier recording into --out",
+    )
     args = parser.parse_args(argv)
+    if args.reprocess is not None:
+        print(json.dumps(reprocess(args.reprocess, args.out, args.gap, args.cpus)))
+        return 0
     antagonists = args.antagonists.split(",")
     unknown = [a for a in antagonists if a not in ANTAGONISTS]
     if unknown:
@@ -389,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         leftovers = daemon.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     relabelled = relabel(records)
-    paired_baselines(records)
+    recorded = len(records)
+    started_right = drop_started_at_placement(records, args.gap)
+    paired_baselines(started_right)
+    # a contended run whose solo neighbours were both dropped has no baseline
+    records = [r for r in started_right if PAIRED_BASELINE_TAG in r.tags]
     wall = time.time() - began
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
@@ -421,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": os.uname().release,
         "leftover_groups": leftovers,
         "relabelled": relabelled,
+        "dropped_started_at_placement": recorded - len(started_right),
+        "dropped_without_solo_neighbours": len(started_right) - len(records),
     }
     args.out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))

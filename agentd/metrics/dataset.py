@@ -165,6 +165,8 @@ class Baseline:
     cpu_demand: float = 0.0
     pgfault_per_s: float = 0.0
     max_tasks: float = 1.0
+    #: page cache it charged (written or read files): how much of it is file I/O
+    file_bytes: float = 0.0
 
 
 def baseline_seconds(record: Record, baselines: dict[str, Baseline]) -> float | None:
@@ -206,6 +208,7 @@ def solo_baselines(records: list[Record], rule: SoloRule, min_runs: int = 1) -> 
             ),
             pgfault_per_s=median_of("pgfault_per_s", 0.0),
             max_tasks=median_of("max_nr_tasks", 1.0),
+            file_bytes=median_of("max_file_bytes", 0.0),
         )
     return out
 

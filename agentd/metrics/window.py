@@ -101,7 +101,7 @@ class NodeWindow:
     agentd_tool_calls: float = 0.0
     agentd_cpu_cores: float = 0.0
     # Run-queue latency of agentd's tool calls' tasks (eBPF, docs/runqlat.md; 0 without
-    # it). Recorded, not yet features: see NOT_FEATURES.
+    # it). Features since model file version 3.
     runq_p50_us: float = 0.0
     runq_p99_us: float = 0.0
     runq_waits_per_s: float = 0.0
@@ -175,10 +175,10 @@ def _runq(node: list[tuple[float, Sample]]) -> dict[str, float]:
     return {k: out[k] for k in ("runq_p50_us", "runq_p99_us", "runq_waits_per_s")}
 
 
-#: Window fields the model does not read: `seconds` (how long the window is), and the
-#: run-queue figures, which the committed dataset (recorded before they existed) lacks;
-#: they become features with model file version 3, once a dataset has them.
-NOT_FEATURES = ("seconds", "runq_p50_us", "runq_p99_us", "runq_waits_per_s")
+#: Window fields the model does not read: `seconds` (how long the window is). The
+#: run-queue figures are features since model file version 3 (the dataset recorded
+#: on a quiet CPU has them).
+NOT_FEATURES = ("seconds",)
 
 FEATURE_NAMES: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(NodeWindow) if f.name not in NOT_FEATURES

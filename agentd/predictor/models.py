@@ -20,6 +20,13 @@ from agentd.predictor.features import FEATURE_NAMES
 Array = NDArray[np.float64]
 QUANTILES = (0.1, 0.9)
 
+#: The first-principles model's columns (features.cpu_share_slowdown and the I/O
+#: interactions): what transfers to a workload type never seen.
+SHARE_COLUMNS = [
+    FEATURE_NAMES.index(n)
+    for n in ("cpu_share_slowdown", "io_share_x_psi_io", "io_share_x_disk_busy")
+]
+
 #: The PSI columns: "linear on PSI" uses only these.
 PSI_COLUMNS = [
     FEATURE_NAMES.index(n)
@@ -132,8 +139,16 @@ class PsiLinear:
         return _bounded(mid, mid + self._low, mid + self._high)
 
 
+def clip_to_range(x: Array, seen: Array) -> Array:
+    """`x` with every feature held inside the range `seen` had (its columns' min and
+    max): a linear model extrapolating on a workload type whose profile lies outside
+    the training range answered slowdowns of 20 (the cap) where 2 was measured."""
+    return np.clip(x, seen.min(axis=0), seen.max(axis=0))
+
+
 class RidgeModel:
-    """Linear on all features (standardized), L2-regularized."""
+    """Linear on all features (standardized, clipped to the training range),
+    L2-regularized."""
 
     name = "ridge"
 
@@ -143,16 +158,18 @@ class RidgeModel:
         from sklearn.preprocessing import StandardScaler
 
         def fit_predict(xt: Array, yt: Array, xp: Array) -> Array:
-            return make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(xt, yt).predict(xp)
+            model = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(xt, yt)
+            return model.predict(clip_to_range(xp, xt))
 
         logy = np.log(y)
+        self._range = np.vstack([x.min(axis=0), x.max(axis=0)])
         self._model = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(x, logy)
         held_out = held_out_class_residuals(fit_predict, x, logy, classes)
         in_sample = logy - self._model.predict(x)
         self._low, self._high = _residual_bounds(held_out if held_out is not None else in_sample)
 
     def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
-        mid = self._model.predict(x)
+        mid = self._model.predict(clip_to_range(x, self._range))
         return _bounded(mid, mid + self._low, mid + self._high)
 
 
@@ -164,11 +181,12 @@ class OnlineSGD:
 
     def fit(self, x: Array, y: Array, classes: list[str]) -> None:
         logy = np.log(y)
+        self._range = np.vstack([x.min(axis=0), x.max(axis=0)])
         self._scaler, self._model, residuals = self._one_pass(x, logy)
 
         def fit_predict(xt: Array, yt: Array, xp: Array) -> Array:
             scaler, model, _ = self._one_pass(xt, yt)
-            return model.predict(scaler.transform(xp))
+            return model.predict(scaler.transform(clip_to_range(xp, xt)))
 
         held_out = held_out_class_residuals(fit_predict, x, logy, classes)
         self._low, self._high = _residual_bounds(held_out if held_out is not None else residuals)
@@ -193,7 +211,57 @@ class OnlineSGD:
         return scaler, model, np.array(residuals)
 
     def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
-        mid = self._model.predict(self._scaler.transform(x))
+        mid = self._model.predict(self._scaler.transform(clip_to_range(x, self._range)))
+        return _bounded(mid, mid + self._low, mid + self._high)
+
+
+class CpuShare:
+    """First principles, three coefficients: log slowdown = b * log(the CFS share
+    estimate) + c * (I/O share x I/O pressure) + e * (I/O share x disk busy), b, c, e
+    >= 0 and no intercept (no pressure, no slowdown), fitted by least absolute
+    deviations. The estimate
+    (features.cpu_share_slowdown) needs only the candidate's solo CPU demand and
+    agentd's tool calls' CPU use on the CPUs it would share, so it knows nothing of
+    command classes and transfers to a workload type never seen as well as its
+    physics holds. The interval: quantiles of held-out-class residuals."""
+
+    name = "cpu-share"
+
+    def fit(self, x: Array, y: Array, classes: list[str]) -> None:
+        logy = np.log(y)
+        self._coef = self._nnls(self._design(x), logy)
+        held_out = held_out_class_residuals(
+            lambda xt, yt, xp: self._design(xp) @ self._nnls(self._design(xt), yt),
+            x,
+            logy,
+            classes,
+        )
+        in_sample = logy - self._design(x) @ self._coef
+        self._low, self._high = _residual_bounds(held_out if held_out is not None else in_sample)
+
+    @staticmethod
+    def _design(x: Array) -> Array:
+        d = x[:, SHARE_COLUMNS].copy()
+        d[:, 0] = np.log(np.maximum(d[:, 0], 1.0))
+        return d
+
+    @staticmethod
+    def _nnls(a: Array, b: Array) -> Array:
+        """Least absolute deviations with non-negative coefficients (the figure of
+        merit is an absolute error: the median, not the mean, of the noisy runs), as a
+        linear program: min sum(u + v) s.t. a c + u - v = b, c, u, v >= 0."""
+        from scipy.optimize import linprog
+
+        n, k = a.shape
+        cost = np.concatenate([np.zeros(k), np.ones(2 * n)])
+        eq = np.hstack([a, np.eye(n), -np.eye(n)])
+        result = linprog(cost, A_eq=eq, b_eq=b, bounds=(0, None), method="highs")
+        if not result.success:  # pragma: no cover - a feasible LP always solves
+            raise ValueError(f"cpu-share fit failed: {result.message}")
+        return np.asarray(result.x[:k])
+
+    def predict(self, x: Array, classes: list[str]) -> tuple[Array, Array, Array]:
+        mid = self._design(x) @ self._coef
         return _bounded(mid, mid + self._low, mid + self._high)
 
 
@@ -379,6 +447,7 @@ LEARNED: dict[str, type] = {
     "gbt": GradientBoosting,
     "ridge": RidgeModel,
     "online-sgd": OnlineSGD,
+    "cpu-share": CpuShare,
 }
 BASELINES: dict[str, type] = {
     "no-slowdown": NoSlowdown,

@@ -32,7 +32,9 @@ from agentd.predictor.models import SlowdownModel, psi_rule
 log = structlog.get_logger("agentd.predictor")
 
 MODEL_FORMAT = "agentd-predictor"
-MODEL_VERSION = 2  # 2: paired-baseline targets, class resource profile features
+#: 2: paired-baseline targets, class resource profile features; 3: the run-queue
+#: window, the CFS share estimate, I/O share and CPU-sharing features
+MODEL_VERSION = 3
 FALLBACK = "fallback:psi-linear"
 
 

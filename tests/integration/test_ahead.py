@@ -225,6 +225,8 @@ def test_a_start_noticed_before_the_report_keeps_the_agents_label(agentd, monkey
         client.session("labels") as session,
     ):
         session.settle()
+        time.sleep(1.0)  # the launcher idles a while after its placement
+        handed_over = time.time()
         process = session.start(["/bin/sleep", "30"], label="agent: wait for the build")
         pid = tool_call(observer, process.tool_call_id).launcher_pid
         deadline = time.monotonic() + 5
@@ -237,6 +239,9 @@ def test_a_start_noticed_before_the_report_keeps_the_agents_label(agentd, monkey
         assert noticed.intent.label == "/bin/sleep 30"  # from /proc, before the report
         reported = tool_call(client, process.tool_call_id)  # lands the start report
         assert reported.intent.label == "agent: wait for the build"
+        # ... and its start time, not the launcher's placement (a wall time that
+        # counted the idle launcher made 61 of 387 dataset records ~4 s too long)
+        assert reported.started_at.ToMicroseconds() / 1e6 >= handed_over - 0.05
         process.kill()
         process.wait()
         ended = tool_call(client, process.tool_call_id)

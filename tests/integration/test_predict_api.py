@@ -12,6 +12,7 @@ import pytest
 from agentd_process import AgentdProcess
 from conftest import require_cgroup_v1
 
+from agentd.predictor.train import DEFAULT_MODEL
 from agentd.predictor.train import main as train_main
 
 pytestmark = pytest.mark.root
@@ -51,11 +52,11 @@ def test_daemon_loads_the_trained_model_and_serves_it() -> None:
         out = agentctl(daemon, "predict", "--label", "cc-compile", "--cpu", "1", "--json")
         assert out.returncode == 0, out.stderr + daemon.logs()[-2000:]
         data = json.loads(out.stdout)
-        assert data["model"].startswith("gbt@")
+        assert data["model"].startswith(f"{DEFAULT_MODEL}@")
         assert 0.0 < data["low"] <= data["predicted_slowdown"] <= data["high"]
         assert data["predicted_slowdown"] >= 1.0
         text = agentctl(daemon, "predict", "--label", "cc-compile")
-        assert "slower than alone" in text.stdout and "gbt@" in text.stdout
+        assert "slower than alone" in text.stdout and f"{DEFAULT_MODEL}@" in text.stdout
         bad = agentctl(daemon, "predict", "--label", "x", "--memory", "lots")
         assert bad.returncode == 2 and "lots" in bad.stderr
     finally:

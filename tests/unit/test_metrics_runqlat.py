@@ -55,14 +55,14 @@ def test_a_span_is_the_difference_of_cumulative_samples() -> None:
     assert s["runq_p50_us"] == pytest.approx(1000, rel=0.25)
 
 
-def test_the_node_window_reads_the_histogram_but_the_model_does_not_yet() -> None:
+def test_the_node_window_reads_the_histogram_and_the_model_too() -> None:
     node = [
         (0.0, {"rql_count": 0.0, "rql_sum_ns": 0.0}),
         (1.0, {"rql_count": 100.0, "rql_sum_ns": 1e8, f"rql_b{slot_of(1_000_000)}": 100.0}),
     ]
     w = NodeWindow.from_samples(node)
     assert w.runq_p50_us == pytest.approx(1000, rel=0.25) and w.runq_waits_per_s == 100
-    assert "runq_p50_us" not in FEATURE_NAMES  # model file version 2 keeps its features
+    assert "runq_p50_us" in FEATURE_NAMES  # model file version 3
     assert NodeWindow.from_samples(node[:1]).runq_p99_us == 0.0
 
 

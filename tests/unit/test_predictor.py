@@ -14,8 +14,19 @@ import pytest
 from agentd.metrics.dataset import PAIRED_BASELINE_TAG, Record, SoloRule, load_jsonl
 from agentd.metrics.window import NodeWindow
 from agentd.predictor import CandidateFeatures, Predictor
-from agentd.predictor.evaluate import antagonist_of, evaluate_split, workload_of
-from agentd.predictor.features import FEATURE_NAMES, ClassProfile, feature_vector
+from agentd.predictor.evaluate import (
+    antagonist_of,
+    cell_floor,
+    evaluate_split,
+    noise_floor,
+    workload_of,
+)
+from agentd.predictor.features import (
+    FEATURE_NAMES,
+    ClassProfile,
+    cpu_share_slowdown,
+    feature_vector,
+)
 from agentd.predictor.models import LEARNED
 from agentd.predictor.predictor import FALLBACK, MODEL_VERSION, read_model_file
 from agentd.predictor.train import main as train_main
@@ -61,16 +72,90 @@ def test_every_contended_run_is_measured_against_the_solo_runs_beside_it(
     by_id = {r.tool_call_id: r for r in records}
     contended = [r for r in records if r.tags["antagonist"] != "solo" and r.exit_code == 0]
     assert contended
+    both = 0
     for r in contended:
-        before, after = by_id[r.tags["solo_before"]], by_id[r.tags["solo_after"]]
-        assert before.tags["antagonist"] == after.tags["antagonist"] == "solo"
-        assert before.label == after.label == r.label
-        # adjacent in time: the node's background is the one the contended run met
-        # (starts, not ends: agentd notices an end up to a few 100 ms late under load)
-        assert before.started_at < r.started_at < after.started_at
-        assert after.started_at - before.ended_at < 60
-        expected = (before.duration_seconds + after.duration_seconds) / 2
+        # a neighbour whose start was wrong was dropped (next test): the other one is
+        # the baseline then
+        pair = [by_id[r.tags[k]] for k in ("solo_before", "solo_after") if r.tags[k] in by_id]
+        assert pair, r.tool_call_id
+        both += len(pair) == 2
+        for solo in pair:
+            assert solo.tags["antagonist"] == "solo" and solo.label == r.label
+            # adjacent in time: the node's background is the one the contended run met
+            assert abs(solo.started_at - r.started_at) < 60
+        expected = sum(p.duration_seconds for p in pair) / len(pair)
         assert float(r.tags[PAIRED_BASELINE_TAG]) == pytest.approx(expected, rel=1e-4)
+    assert both >= 0.6 * len(contended)
+
+
+def test_no_record_starts_at_its_launchers_placement(records: list[Record]) -> None:
+    """The harness sleeps 0.8 s before every victim: a record starting sooner after the
+    previous victim's end carries its launcher's placement time as its start (and an
+    idle launcher in its duration); the harness drops those (bench/interference.py)."""
+    ends = sorted(r.ended_at for r in records)
+    for r in records:
+        previous = [e for e in ends if e < r.ended_at]
+        assert not previous or r.started_at >= previous[-1] + 0.4, r.tool_call_id
+
+
+def test_the_ground_truths_own_noise_is_measured(records: list[Record]) -> None:
+    """Solo runs against their solo neighbours, and repetitions of one contended cell
+    against each other: the recording with a CPU to itself is far quieter than the
+    shared-machine one (44.8 pp solo), and contended runs are noisier than solo ones."""
+    solo = noise_floor(records, RULE)
+    cells = cell_floor(records, RULE)
+    assert solo is not None and solo["n"] >= 150
+    assert solo["mae_pp"] < 20, solo
+    assert cells["pairs"] >= 100 and solo["mae_pp"] < cells["mae_pp"] < 40, cells
+
+
+@pytest.mark.parametrize(
+    ("demand", "agentd_cores", "tool_calls", "cpus", "expected"),
+    [
+        (1.0, 1.0, 1, 1, 2.0),  # a CPU hog on the one CPU: half of it
+        (1.0, 0.33, 1, 1, 1.0 / 0.67),  # a hog held to a third: the two thirds it leaves
+        (0.5, 1.0, 1, 1, 1.5),  # wanting the CPU half the time: that half stretches
+        (0.0, 1.0, 1, 1, 1.0),  # I/O-bound
+        (1.0, 1.0, 1, 2, 1.0),  # two CPUs, one hog: the other CPU is idle
+        (1.0, 2.0, 2, 2, 2.0),  # two CPUs, two hogs
+        (1.0, 0.0, 0, 1, 1.0),  # nothing running
+    ],
+)
+def test_cpu_share_slowdown_from_first_principles(
+    demand: float, agentd_cores: float, tool_calls: int, cpus: int, expected: float
+) -> None:
+    slowdown, share = cpu_share_slowdown(demand, agentd_cores, tool_calls, cpus)
+    assert slowdown == pytest.approx(expected, rel=1e-3)
+    assert 0.0 < share <= 1.0
+
+
+def test_cpu_share_model_transfers_to_a_workload_never_seen(records: list[Record]) -> None:
+    """Three coefficients on physical terms beat every baseline on held-out workload
+    types, and the CPU term's coefficient is near its physical value (1: the
+    estimate is right as it is), not something that only fits the data."""
+    scores = evaluate_split(
+        records, workload_of, RULE, only={"cc-compile", "py-data"}, extras=False
+    )
+    mae = {name: s.summary()["mae_pp"] for name, s in scores.items()}
+    for baseline in ("no-slowdown", "psi-linear", "class-mean"):
+        assert mae["cpu-share"] < 0.7 * mae[baseline], mae
+    data = training_set(records, RULE)
+    model = LEARNED["cpu-share"]()
+    model.fit(data.x, data.y, data.classes)
+    assert 0.7 <= model._coef[0] <= 1.4, model._coef
+
+
+def test_linear_models_do_not_extrapolate_outside_the_training_range(
+    records: list[Record],
+) -> None:
+    data = training_set(records, RULE)
+    model = LEARNED["ridge"]()
+    model.fit(data.x, data.y, data.classes)
+    far = data.x[:5] * 1000.0
+    edge = np.clip(far, data.x.min(axis=0), data.x.max(axis=0))
+    np.testing.assert_allclose(
+        model.predict(far, data.classes[:5])[0], model.predict(edge, data.classes[:5])[0]
+    )
 
 
 def test_feature_vector_matches_names() -> None:
