@@ -6,11 +6,21 @@ call, under a node memory budget smaller than their summed peaks, for each strat
 
 - none:   no isolation: every session normal priority, each may use the whole budget;
 - static: static per-session limits: the budget split in three, priority CPU weights;
-- agentd: priority classes (CPU weight, memory protection) and the pressure policy
+- agentd: priority classes (CPU weight, memory protection, batch cpu.idle next to an
+          interactive session), the in-kernel guard and the pressure policy
           (throttle, then freeze the low sessions under pressure, resume after).
 
 and the high session alone (same daemon as `none`), interleaved in the same loop, run
-after run, so that each ratio compares figures measured minutes apart at most.
+after run, so that each ratio compares figures measured minutes apart at most. The
+high session alone runs twice per run (`alone again`, shuffled in like a strategy):
+the second against the first is the noise floor of the ratio on this machine.
+`--strategies` runs a subset, or adds `agentd-weights` (agentd with `[priorities]
+batch_cpu_idle = false`: an A/B of batch cpu.idle in the same run).
+
+Per allocation the replayer reads its thread's schedstat around it: time on a CPU, in
+a run queue, and the rest (blocked); the report splits the high session's slowest
+tenth of allocations that way, and prints the p95 over all runs' allocations pooled
+next to the median of the per-run ratios, and the daemon's CPU per run.
 
 Per strategy it prints the high session's completion time and p95 allocation latency
 relative to the same session alone (median and min-max over the runs), OOM kills and
