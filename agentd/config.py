@@ -149,6 +149,7 @@ class PrioritiesConfig:
     batch_throttle_memory_high: float
     normal_throttle_cpu: float
     batch_throttle_cpu: float
+    batch_cpu_idle: bool
 
 
 @dataclass(frozen=True)
@@ -510,6 +511,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "batch_throttle_memory_high": (0.5, _unit_fraction),
         "normal_throttle_cpu": ("500m", _cores),
         "batch_throttle_cpu": ("100m", _cores),
+        "batch_cpu_idle": (True, _bool),
     },
     "pressure": {
         "enabled": (True, _bool),

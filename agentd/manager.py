@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agentd.cgroups.base import CgroupBackend, CgroupError, GroupBusyError, GroupLimits
+from agentd.enforcement.cpu_idle import BatchIdle
 from agentd.enforcement.priorities import PriorityTable
 from agentd.errors import (
     AgentdError,
@@ -130,6 +131,7 @@ class Manager:
         self.backend = backend
         # Priority class -> CPU weight, memory protection, throttle settings ([priorities]).
         self.priorities = priorities or PriorityTable.default()
+        self.batch_idle = BatchIdle(backend, self.priorities.batch_cpu_idle)
         self.store = store
         self.node = node
         self.tracker = tracker
@@ -211,6 +213,7 @@ class Manager:
                 raise UnavailableError(f"could not create the session's cgroup: {e}") from e
             self.store.save_session(session)
             self._sessions[session.id] = session
+            self.batch_idle.sync(self._sessions.values())
         self.spares_wanted.set()
         self._sessions_changed()
         log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
@@ -258,6 +261,7 @@ class Manager:
             session.closed_at = time.time()
             self.store.save_session(session)
             del self._sessions[session_id]
+            self.batch_idle.sync(self._sessions.values())
         self._sessions_changed()
         log.info("session.closed", session=session_id, tool_calls_ended=len(ended))
         self.bus.publish(
@@ -605,6 +609,7 @@ class Manager:
                     self.backend.create(session.cgroup_rel, self._session_limits(session))
                 self._sessions[session.id] = session
                 counts["sessions"] += 1
+            self.batch_idle.sync(self._sessions.values())  # a batch one may be left idle
             for tool_call in self.store.running_tool_calls():
                 if tool_call.session_id in self._sessions and self.backend.exists(
                     tool_call.cgroup_rel

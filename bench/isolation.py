@@ -6,11 +6,21 @@ call, under a node memory budget smaller than their summed peaks, for each strat
 
 - none:   no isolation: every session normal priority, each may use the whole budget;
 - static: static per-session limits: the budget split in three, priority CPU weights;
-- agentd: priority classes (CPU weight, memory protection) and the pressure policy
+- agentd: priority classes (CPU weight, memory protection, batch cpu.idle next to an
+          interactive session), the in-kernel guard and the pressure policy
           (throttle, then freeze the low sessions under pressure, resume after).
 
 and the high session alone (same daemon as `none`), interleaved in the same loop, run
-after run, so that each ratio compares figures measured minutes apart at most.
+after run, so that each ratio compares figures measured minutes apart at most. The
+high session alone runs twice per run (`alone again`, shuffled in like a strategy):
+the second against the first is the noise floor of the ratio on this machine.
+`--strategies` runs a subset, or adds `agentd-weights` (agentd with `[priorities]
+batch_cpu_idle = false`: an A/B of batch cpu.idle in the same run).
+
+Per allocation the replayer reads its thread's schedstat around it: time on a CPU, in
+a run queue, and the rest (blocked); the report splits the high session's slowest
+tenth of allocations that way, and prints the p95 over all runs' allocations pooled
+next to the median of the per-run ratios, and the daemon's CPU per run.
 
 Per strategy it prints the high session's completion time and p95 allocation latency
 relative to the same session alone (median and min-max over the runs), OOM kills and
@@ -61,6 +71,10 @@ DEFAULT_TRACES = next(
 MiB = 1 << 20
 CHUNK = 4 * MiB
 STRATEGIES = ("none", "static", "agentd")
+#: The high session alone a second time in each run: its ratio to the first is the noise.
+AGAIN = "alone-again"
+#: agentd without batch cpu.idle (the class weights alone): an A/B of that policy.
+WEIGHTS = "agentd-weights"
 #: Default tasks: a high session with a long ~480 MB phase, two lows with 1-1.8 GB bursts.
 HIGH_TASK = "NVIDIA__nv-ingest-71"
 LOW_TASKS = ("pre-commit__pre-commit-2524", "tobymao__sqlglot-4014")
@@ -78,13 +92,23 @@ def worker(spec_path: str, result_path: str) -> None:
     chunks: list[bytes] = []
     latencies: list[float] = []
     at: list[float] = []  # seconds since start of each allocation, to line up with events
+    #: per allocation, from the thread's schedstat around it: time on a CPU and time
+    #: waiting in a run queue (runnable, not running); the rest of the latency is time
+    #: off the run queue (blocked: reclaim I/O, a throttle, a stop signal)
+    on_cpu: list[float] = []
+    runq: list[float] = []
+    first = schedstat()
     start = time.monotonic()
     for i, (mem_mb, cpu) in enumerate(spec["steps"]):
         want = int(mem_mb * MiB) // CHUNK
         while len(chunks) < want:
+            before = schedstat()
             t0 = time.perf_counter()
             chunks.append(b"x" * CHUNK)  # written: resident, charged to the group
             latencies.append((time.perf_counter() - t0) * 1e6)
+            after = schedstat()
+            on_cpu.append((after[0] - before[0]) / 1e3)
+            runq.append((after[1] - before[1]) / 1e3)
             at.append(time.monotonic() - start)
         del chunks[want:]
         for _ in range(int(cpu * step_s * units_per_s)):
@@ -96,9 +120,20 @@ def worker(spec_path: str, result_path: str) -> None:
         "completion_seconds": time.monotonic() - start,
         "alloc_latencies_us": latencies,
         "alloc_at_seconds": at,
+        "alloc_on_cpu_us": on_cpu,
+        "alloc_runq_us": runq,
+        "runq_seconds": (schedstat()[1] - first[1]) / 1e9,
+        "pid": os.getpid(),
         "started_monotonic": start,
     }
     Path(result_path).write_text(json.dumps(result))
+
+
+def schedstat() -> tuple[int, int]:
+    """This thread's (ns on a CPU, ns waiting in a run queue) so far."""
+    with open("/proc/thread-self/schedstat") as f:
+        on_cpu, waited, _ = f.read().split()
+    return int(on_cpu), int(waited)
 
 
 def calibrate(seconds: float = 0.5) -> float:
@@ -179,7 +214,9 @@ def to_steps(
 
 def strategy_config(strategy: str, total: int, budget: int) -> str:
     node = f"[node]\nreserved_memory = {total - budget}\n"
-    if strategy != "agentd":
+    if strategy == WEIGHTS:
+        node += "[priorities]\nbatch_cpu_idle = false\n"
+    if strategy not in ("agentd", WEIGHTS):
         # The baselines are the cgroup limits alone: no policy, no in-kernel guard.
         return node + "[pressure]\nenabled = false\n[guard]\nenabled = false\n"
     # Node PSI is off here: the machine is shared and other people's load is not this
@@ -199,6 +236,10 @@ class Outcome:
     guard_kills: int  # killed by agentd's guard (records "killed"): a failure too
     #: (monotonic time, latency in us) of each allocation, to line sessions up
     allocs: list[tuple[float, float]] = field(default_factory=list)
+    #: (latency, on a CPU, in a run queue) in us of each allocation
+    split: list[tuple[float, float, float]] = field(default_factory=list)
+    runq_seconds: float = 0.0  # the session's whole wait in run queues
+    pid: int = 0  # the replayer's, to find it in a scheduler trace
 
 
 @dataclass
@@ -213,6 +254,36 @@ class Runs:
     #: a low session allocating within OVERLAP_SECONDS; the same for the faster ones
     slow: list[int] = field(default_factory=lambda: [0, 0])
     fast: list[int] = field(default_factory=lambda: [0, 0])
+    #: the high session's slowest tenth of allocations per run, summed: latency, time
+    #: on a CPU, time in a run queue (us); the rest was off the run queue
+    tail: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    high_runq_seconds: list[float] = field(default_factory=list)
+    high_p95_us: list[float] = field(default_factory=list)  # per run, absolute
+    daemon_cpu_seconds: list[float] = field(default_factory=list)  # the daemon's, per run
+    latencies: list[float] = field(default_factory=list)  # the high's, every run's
+
+    def pooled_ratio(self, alone: Runs) -> float | None:
+        """p95 over every run's allocations against alone's over every run's: the
+        session's p95 from ~45 x runs allocations instead of ~45 (its 3rd slowest)."""
+        mine, base = p95(self.latencies), p95(alone.latencies)
+        return mine / base if mine and base else None
+
+    def add_tail(self, outcome: Outcome) -> None:
+        self.latencies += [lat for lat, _, _ in outcome.split]
+        if outcome.p95_latency_us:
+            self.high_p95_us.append(outcome.p95_latency_us)
+        ordered = sorted(outcome.split, reverse=True)
+        for lat, on_cpu, runq in ordered[: max(1, len(ordered) // 10)]:
+            self.tail[0] += lat
+            self.tail[1] += on_cpu
+            self.tail[2] += runq
+        self.high_runq_seconds.append(outcome.runq_seconds)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p95(values: list[float]) -> float | None:
@@ -259,6 +330,18 @@ def run_sessions(
                     ]
                     if data
                     else [],
+                    split=list(
+                        zip(
+                            data["alloc_latencies_us"],
+                            data["alloc_on_cpu_us"],
+                            data["alloc_runq_us"],
+                            strict=True,
+                        )
+                    )
+                    if data
+                    else [],
+                    runq_seconds=data["runq_seconds"] if data else 0.0,
+                    pid=data["pid"] if data else 0,
                 )
         finally:
             for proc, _ in procs.values():
@@ -292,6 +375,18 @@ def attribute(r: Runs, alone: Outcome, got: dict[str, Outcome]) -> None:
         tally[1] += near
 
 
+def tail_split(r: Runs) -> str:
+    lat, on_cpu, runq = r.tail
+    if not lat:
+        return "n/a"
+    other = lat - on_cpu - runq
+    return (
+        f"{lat / 1e3:.0f} ms: on a CPU {100 * on_cpu / lat:.0f}%, in a run queue "
+        f"{100 * runq / lat:.0f}%, off the run queue {100 * other / lat:.0f}%; whole-run "
+        f"run-queue wait {spread(r.high_runq_seconds)} s"
+    )
+
+
 def share(tally: list[int]) -> str:
     return f"{tally[1]}/{tally[0]} ({100 * tally[1] / tally[0]:.0f}%)" if tally[0] else "n/a"
 
@@ -321,6 +416,10 @@ def main() -> int:
     # (bench/README.md); under 0.6 it cannot without swap, whatever pauses.
     parser.add_argument("--budget-fraction", type=float, default=0.7,
                         help="node budget as a fraction of the summed peaks")  # fmt: skip
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated subset to run (default: all)")  # fmt: skip
+    parser.add_argument("--no-noise-floor", dest="noise_floor", action="store_false",
+                        help="skip the second alone run per run (the noise floor)")  # fmt: skip
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -355,6 +454,7 @@ def main() -> int:
         "agentd": [("high", "interactive", budget, high)]
         + [(f"low{i + 1}", "batch", budget, s) for i, s in enumerate(lows)],
     }
+    plans[WEIGHTS] = plans["agentd"]
     print(f"{source}: high {HIGH_TASK} ({len(high)} steps), lows {', '.join(LOW_TASKS)}")
     print(
         f"peaks (MB, after -{args.baseline_mb:g} MB and x{args.memory_scale:g}): "
@@ -364,24 +464,47 @@ def main() -> int:
     )
     load_start = os.getloadavg()
     print(f"load average at start: {load_start}, cpus: {os.cpu_count()}")
+    strategies = [s for s in args.strategies.split(",") if s]
+    if unknown := set(strategies) - {*STRATEGIES, WEIGHTS}:
+        parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}, "
+                     f"{WEIGHTS}")  # fmt: skip
     daemons = {}
-    results = {s: Runs() for s in STRATEGIES}
+    results = {s: Runs() for s in strategies}
+    alone_runs = Runs()
+    floor = Runs()  # the high session alone a second time, against the first: noise
     try:
-        for strategy in STRATEGIES:
+        for strategy in {"none", *strategies}:  # alone runs on the `none` daemon
             daemon = AgentdProcess(config=strategy_config(strategy, total, budget))
             daemon.start(timeout=60)
             daemons[strategy] = daemon
         loads: list[float] = []  # 1-minute load average after each run
+        #: per run, the pids of the daemons and replayers (to read a `perf sched` trace)
+        pids: list[dict[str, Any]] = []
         workdir = Path(tempfile.mkdtemp(prefix="agentd-isolation-"))
         workdir.chmod(0o755)
         for run in range(args.runs):
-            order = list(STRATEGIES)
+            order = [*strategies, AGAIN] if args.noise_floor else list(strategies)
             random.Random(run).shuffle(order)
             alone = run_sessions(daemons["none"], plans["alone"], workdir, common)["high"]
+            alone_runs.add_tail(alone)
+            pids.append({"daemons": {k: d.process.pid for k, d in daemons.items()},
+                         "bench": os.getpid(), "alone": alone.pid})  # fmt: skip
             line = [f"run {run + 1}: alone {alone.completion or 0:.2f} s"]
             for strategy in order:
+                if strategy == AGAIN:
+                    again = run_sessions(daemons["none"], plans["alone"], workdir, common)
+                    floor.add_tail(again["high"])
+                    if again["high"].p95_latency_us and alone.p95_latency_us:
+                        ratio = again["high"].p95_latency_us / alone.p95_latency_us
+                        floor.high_p95_latency_ratio.append(ratio)
+                    line.append(f"alone again {again['high'].completion or 0:.2f} s")
+                    continue
+                cpu0 = process_cpu_seconds(daemons[strategy].process.pid)
                 got = run_sessions(daemons[strategy], plans[strategy], workdir, common)
                 r = results[strategy]
+                r.daemon_cpu_seconds.append(
+                    process_cpu_seconds(daemons[strategy].process.pid) - cpu0
+                )
                 for role, outcome in got.items():
                     r.oom_kills[role] += outcome.oom_kills
                     r.guard_kills[role] += outcome.guard_kills
@@ -394,6 +517,8 @@ def main() -> int:
                         r.high_p95_latency_ratio.append(h.p95_latency_us / alone.p95_latency_us)
                 r.low_completion_seconds += [got[k].completion for k in ("low1", "low2")]
                 attribute(r, alone, got)
+                r.add_tail(h)
+                pids[-1][strategy] = {role: o.pid for role, o in got.items()}
                 kills = sum(o.oom_kills for o in got.values())
                 guard = sum(o.guard_kills for o in got.values())
                 line.append(f"{strategy} {h.completion or 0:.2f} s ({kills} OOM, {guard} guard)")
@@ -406,13 +531,23 @@ def main() -> int:
     load_end = os.getloadavg()
     print(f"load average at end: {load_end}")
     print("\nper strategy: high session vs alone (median, min, max over runs); OOM kills")
+    print(f"  alone: slowest tenth of allocations {tail_split(alone_runs)}")
+    if args.noise_floor:
+        print(
+            f"  alone again (noise floor: the same session alone twice in a run): high p95 "
+            f"alloc latency {spread(floor.high_p95_latency_ratio)}, pooled "
+            f"{floor.pooled_ratio(alone_runs) or 0:.3f}; slowest tenth "
+            f"{tail_split(floor)}"
+        )
     report: dict[str, Any] = {"strategies": {}}
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         r = results[strategy]
         lows_done = [x for x in r.low_completion_seconds if x is not None]
         print(f"  {strategy}:")
         print(f"    high completion ratio  {spread(r.high_completion_ratio)}")
         print(f"    high p95 alloc latency {spread(r.high_p95_latency_ratio)}")
+        pooled = r.pooled_ratio(alone_runs)
+        print(f"    high p95 alloc latency, all runs pooled: {pooled or 0:.3f}")
         print(
             f"    high killed in {r.high_killed_runs}/{args.runs} runs; OOM kills "
             f"{r.oom_kills}; guard kills {r.guard_kills}"
@@ -421,6 +556,8 @@ def main() -> int:
             f"    high allocations slower than alone's p90 with a low one allocating within "
             f"{OVERLAP_SECONDS:g} s: {share(r.slow)}; of the faster ones: {share(r.fast)}"
         )
+        print(f"    high slowest tenth of allocations {tail_split(r)}")
+        print(f"    daemon CPU seconds per run {spread(r.daemon_cpu_seconds)}")
         print(
             f"    low completion seconds {spread(lows_done)}; "
             f"{len(r.low_completion_seconds) - len(lows_done)} low tool calls killed"
@@ -436,11 +573,25 @@ def main() -> int:
             "guard_kills": r.guard_kills,
             "low_completion_seconds": r.low_completion_seconds,
             "high_p95_latency_ratio_runs": r.high_p95_latency_ratio,
+            "high_p95_latency_ratio_pooled": pooled,
             "high_completion_ratio_runs": r.high_completion_ratio,
             "high_killed_runs": r.high_killed_runs,
             "high_slow_allocations_near_low_ones": r.slow,
             "high_other_allocations_near_low_ones": r.fast,
+            "high_p95_us_runs": r.high_p95_us,
+            "high_slowest_tenth_us": dict(zip(("latency", "on_cpu", "runq"), r.tail, strict=True)),
+            "high_runq_seconds_runs": r.high_runq_seconds,
+            "daemon_cpu_seconds_runs": r.daemon_cpu_seconds,
         }
+    report["alone"] = {
+        "high_p95_us_runs": alone_runs.high_p95_us,
+        "high_slowest_tenth_us": dict(
+            zip(("latency", "on_cpu", "runq"), alone_runs.tail, strict=True)
+        ),
+        "high_runq_seconds_runs": alone_runs.high_runq_seconds,
+        "again_p95_latency_ratio_runs": floor.high_p95_latency_ratio,
+        "again_p95_latency_ratio_pooled": floor.pooled_ratio(alone_runs),
+    }
     report["environment"] = {
         "source": source,
         "runs": args.runs,
@@ -449,6 +600,7 @@ def main() -> int:
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "loadavg_per_run": loads,
+        "pids_per_run": pids,
         "cpus": os.cpu_count(),
     }
     if args.json:

@@ -60,12 +60,15 @@ class Knobs:
     cpu_quota: Callable[[str], str]  # the CPU limit file's content
     memory_high: Callable[[str], str]  # memory.high (v2) / soft limit (v1)
     frozen: Callable[[str], bool]
+    cpu_idle: Callable[[str], str]  # cpu.idle of the session group
 
 
 @dataclass
 class Observed:
     interactive_knobs: set[tuple[str, str, bool]] = field(default_factory=set)
     batch_initial: tuple[str, str] = ("", "")
+    #: cpu.idle of the batch and the interactive session groups, both open
+    cpu_idle: tuple[str, str] = ("", "")
     batch_throttled: tuple[str, str] | None = None
     throttled_after: float | None = None  # seconds after the batch load started
     frozen_after: float | None = None
@@ -124,6 +127,7 @@ def run(socket: str, knobs: Knobs, workdir: Path, timeout: float = 60.0) -> Obse
             obs.interactive_rate_alone = rate(progress["ia-cpu"], timeout / 20)
             watch_interactive()
             obs.batch_initial = (knobs.cpu_quota(ba.id), knobs.memory_high(ba.id))
+            obs.cpu_idle = (knobs.cpu_idle(ba.id), knobs.cpu_idle(ia.id))
 
             procs.append(ba.start([py, WORKLOAD, "cpu", str(progress["ba-cpu"])]))
             procs.append(ba.start([py, WORKLOAD, "mem", str(progress["ba-mem"]), str(GROW_MB)]))

@@ -86,6 +86,13 @@ class CgroupBackend(Protocol):
         """Apply every non-None field of `limits` to an existing group."""
         ...
 
+    def set_cpu_idle(self, rel: str, idle: bool) -> None:
+        """cpu.idle of a group (kernel 5.15+, v1 and v2): an idle group's tasks run only
+        when no sibling group's task wants the CPU, and are preempted at the wake-up of
+        one (SCHED_IDLE for the whole group). Its cpu.shares / cpu.weight is kept for
+        when it stops being idle (and cannot be written meanwhile)."""
+        ...
+
     def move(self, rel: str, pid: int) -> None:
         """Move process `pid` (all its threads) into `rel`, in every hierarchy."""
         ...

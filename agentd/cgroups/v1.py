@@ -157,6 +157,10 @@ class V1Backend:
             pids = "max" if limits.pids_max == UNLIMITED else str(limits.pids_max)
             w(f"{self._base['pids']}/{rel}/pids.max", pids)
 
+    def set_cpu_idle(self, rel: str, idle: bool) -> None:
+        check_rel(rel, allow_empty=False)
+        self._fs.write_text(f"{self._base['cpu']}/{rel}/cpu.idle", "1" if idle else "0")
+
     def move(self, rel: str, pid: int) -> None:
         """Write `pid` to cgroup.procs in every hierarchy, memory first (see _ORDER).
 

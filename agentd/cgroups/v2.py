@@ -175,6 +175,10 @@ class V2Backend:
     def set_limits(self, rel: str, limits: GroupLimits) -> None:
         self._apply(join(self._base, check_rel(rel, allow_empty=False)), limits)
 
+    def set_cpu_idle(self, rel: str, idle: bool) -> None:
+        path = join(self._base, check_rel(rel, allow_empty=False))
+        self._fs.write_text(f"{path}/cpu.idle", "1" if idle else "0")
+
     def _apply(self, path: str, limits: GroupLimits) -> None:
         w = self._fs.write_text
         if limits.memory_max is not None:

@@ -32,6 +32,8 @@ class ClassSettings:
 @dataclass(frozen=True)
 class PriorityTable:
     classes: dict[Priority, ClassSettings]
+    #: batch session groups cpu.idle while an interactive session is open (cpu_idle.py)
+    batch_cpu_idle: bool = True
 
     @classmethod
     def default(cls) -> PriorityTable:
@@ -60,7 +62,8 @@ class PriorityTable:
                     cfg.batch_throttle_memory_high,
                     cfg.batch_throttle_cpu,
                 ),
-            }
+            },
+            batch_cpu_idle=cfg.batch_cpu_idle,
         )
 
     def cpu_weight(self, priority: Priority) -> int:

@@ -46,6 +46,7 @@ def v1_knobs(root: str) -> scenario.Knobs:
         cpu_quota=lambda s: (group(CPU, s) / "cpu.cfs_quota_us").read_text().strip(),
         memory_high=lambda s: (group(MEMORY, s) / "memory.soft_limit_in_bytes").read_text().strip(),
         frozen=lambda s: (group(FREEZER, s) / "freezer.state").read_text().strip() != "THAWED",
+        cpu_idle=lambda s: (group(CPU, s) / "cpu.idle").read_text().strip(),
     )
 
 
@@ -98,6 +99,8 @@ def test_batch_throttled_frozen_resumed_while_interactive_runs(pressured_agentd,
     assert obs.resumed_after is not None, obs
     assert obs.batch_after_resume == ("200000", UNLIMITED_SOFT, False), obs
     assert obs.batch_progress_after_resume > 0, obs
+    # Batch yields the CPU (cpu.idle) while the interactive session is open.
+    assert obs.cpu_idle == ("1", "0"), obs
     # The interactive session was never touched, and kept working.
     assert obs.interactive_knobs == {("200000", UNLIMITED_SOFT, False)}, obs
     # Kept working while batch was frozen. Not compared with its rate alone: this host

@@ -19,6 +19,8 @@ import pytest
 from agentd.cgroups.base import UNLIMITED, CgroupError, GroupBusyError, GroupLimits
 from agentd.cgroups.fs import CgroupFs, FsError
 from agentd.cgroups.v2 import V2Backend
+from agentd.enforcement.cpu_idle import BatchIdle
+from agentd.model import Priority, Resources, Session
 
 MOUNT = "/sys/fs/cgroup"
 ALL = ["cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"]
@@ -32,7 +34,7 @@ _CONTROLLER_FILES = {
         "memory.low": "0\n",
         "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
     },
-    "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},
+    "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n", "cpu.idle": "0\n"},
     "pids": {"pids.current": "0\n", "pids.max": "max\n", "pids.peak": "0\n"},
 }
 
@@ -118,6 +120,12 @@ class FakeCgroup2(CgroupFs):
         elif name == "cpu.weight":
             if not 1 <= int(value) <= 10000:
                 raise self.err("write", path, errno.ERANGE)
+            if self.files[d]["cpu.idle"] == "1\n":  # sched_group_set_shares: EINVAL
+                raise self.err("write", path, errno.EINVAL)
+            self.files[d][name] = value + "\n"
+        elif name == "cpu.idle":
+            if value not in ("0", "1"):
+                raise self.err("write", path, errno.EINVAL)
             self.files[d][name] = value + "\n"
         elif name in ("memory.max", "memory.high", "memory.low", "pids.max"):
             if value != "max":
@@ -486,3 +494,48 @@ def test_move_self_to_leaf_makes_delegated_root_usable(monkeypatch: pytest.Monke
     assert fake.files[f"{svc}/sessions/s1"]["pids.max"] == "5\n"
     assert b.root_path() == svc
     assert b.path_of("sessions/s1") == f"{svc}/sessions/s1"
+
+
+def test_batch_sessions_are_cpu_idle_while_an_interactive_one_is_open(
+    fake: FakeCgroup2,
+) -> None:
+    b = backend(fake)
+    idle = BatchIdle(b, enabled=True)
+    sessions = [
+        Session(id="b1", owner_uid=0, budget=Resources(), priority=Priority.BATCH, created_at=0),
+        Session(id="n1", owner_uid=0, budget=Resources(), priority=Priority.NORMAL, created_at=0),
+    ]
+    for s in sessions:
+        b.create(s.cgroup_rel, GroupLimits(cpu_weight=25))
+
+    def idle_of(name: str) -> str:
+        return fake.files[f"{MOUNT}/agentd/sessions/{name}"]["cpu.idle"]
+
+    idle.sync(sessions)
+    assert idle_of("b1") == "0\n"
+    sessions.append(Session("i1", 0, Resources(), Priority.INTERACTIVE, created_at=0))
+    b.create(sessions[-1].cgroup_rel, GroupLimits(cpu_weight=400))
+    idle.sync(sessions)
+    assert (idle_of("b1"), idle_of("n1"), idle_of("i1")) == ("1\n", "0\n", "0\n")
+    # The kernel refuses a weight for an idle group; the one it had comes back after.
+    with pytest.raises(CgroupError):
+        b.set_limits("sessions/b1", GroupLimits(cpu_weight=25))
+    writes = len(fake.writes)
+    idle.sync(sessions)  # nothing changed: nothing written
+    assert len(fake.writes) == writes
+    idle.sync(sessions[:2])  # the interactive session closed
+    assert idle_of("b1") == "0\n"
+    assert fake.files[f"{MOUNT}/agentd/sessions/b1"]["cpu.weight"] == "25\n"
+
+
+def test_batch_idle_off_leaves_cpu_idle_alone_and_a_failed_write_is_not_fatal(
+    fake: FakeCgroup2,
+) -> None:
+    b = backend(fake)
+    batch = Session("b1", owner_uid=0, budget=Resources(), priority=Priority.BATCH, created_at=0)
+    interactive = Session("i1", 0, Resources(), Priority.INTERACTIVE, created_at=0)
+    b.create(batch.cgroup_rel, GroupLimits())
+    BatchIdle(b, enabled=False).sync([batch, interactive])
+    assert fake.files[f"{MOUNT}/agentd/sessions/b1"]["cpu.idle"] == "0\n"
+    del fake.files[f"{MOUNT}/agentd/sessions/b1"]["cpu.idle"]  # a kernel before 5.15
+    BatchIdle(b, enabled=True).sync([batch, interactive])  # logs, does not raise

@@ -89,6 +89,7 @@ def v2_knobs() -> scenario.Knobs:
         cpu_quota=lambda s: (group(s) / "cpu.max").read_text().strip(),
         memory_high=lambda s: (group(s) / "memory.high").read_text().strip(),
         frozen=lambda s: (group(s) / "cgroup.freeze").read_text().strip() == "1",
+        cpu_idle=lambda s: (group(s) / "cpu.idle").read_text().strip(),
     )
 
 
@@ -122,6 +123,8 @@ def test_batch_throttled_frozen_resumed_while_interactive_runs(
     assert obs.resumed_after is not None, obs
     assert obs.batch_after_resume == ("200000 100000", "max", False), obs
     assert obs.batch_progress_after_resume > 0, obs
+    # Batch yields the CPU (cgroup v2 cpu.idle) while the interactive session is open.
+    assert obs.cpu_idle == ("1", "0"), obs
     assert obs.interactive_knobs == {("200000 100000", "max", False)}, obs
     # Kept working while batch was frozen. Not compared with its rate alone here: an
     # emulated vCPU's speed follows the host's load, which changes from minute to minute.
