@@ -2,7 +2,11 @@
 the policy's decisions carried out (docs/enforcement.md).
 
 Threads: `on_record` runs on the eBPF source's thread and only queues; one worker
-thread handles records and re-decides for stopped tool calls every TICK_SECONDS. The
+thread handles records and re-decides for stopped tool calls every TICK_SECONDS. With
+no tool call running (none guarded, or only launchers placed ahead, which allocate
+nothing) there is nothing to re-decide and the kernel cannot take the node's turn: the
+worker then sleeps until a record, a begin or a waiting launcher's command starting
+wakes it (IDLE_WAKE_SECONDS at most), instead of waking ten times a second. The
 manager calls group_limits/begin/end under its own lock; the guard never calls back
 into the manager, so there is no lock order to get wrong.
 """
@@ -57,6 +61,9 @@ from agentd.tracking.tracker import Tracker
 log = structlog.get_logger("agentd.guard")
 
 TICK_SECONDS = 0.1
+#: With no tool call running, the worker's longest sleep: a safety net only (every way
+#: a tool call starts running wakes it at once).
+IDLE_WAKE_SECONDS = 5.0
 #: Enforcement `limit` names of the memory guard, and the kernel's reason bit for each.
 MEMORY_LIMITS = {"memory": G_MEMORY, "session_memory": G_SESSION, "node_memory": G_NODE}
 #: How long EndToolCall waits for the kernel's OOM record when memory.oom_control /
@@ -124,9 +131,15 @@ class Guard:
         self._sessions: dict[str, list[int]] = {}  # session id -> [key, guarded tool calls]
         self._widened: dict[str, int] = {}  # session id -> its guard budget, widened
         self._session_keys = iter(range(1, 2**63))
-        self._records: queue.SimpleQueue[GuardRecord] = queue.SimpleQueue()
+        # Records, and None: a wake-up (a tool call may run now, or stop()).
+        self._records: queue.SimpleQueue[GuardRecord | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # A launcher placed ahead starts its command without a call into the guard; the
+        # manager publishes tool_call_begun then. The filter wakes the worker and takes
+        # nothing into a queue of its own (no second queue to drain).
+        self._begun = bus.subscribe(self._wake_on_begun, maxsize=1)
+        self.ticks = 0  # worker ticks, for tests and benches: idle means none
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -141,6 +154,8 @@ class Guard:
 
     def stop(self) -> None:
         self._stop.set()
+        self._records.put(None)
+        self._begun.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -198,6 +213,7 @@ class Guard:
             self._by_id[tool_call.id] = guarded
             self.maps.add_tool_call(key, limit, max(len(pids), 1))
             self._resume_deciding(guarded)
+        self._records.put(None)  # the worker may be asleep: a tool call may run now
 
     def _resume_deciding(self, guarded: _Guarded) -> None:
         """A tool call the guard had stopped when the daemon went down (its last record
@@ -262,16 +278,34 @@ class Guard:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            timeout = TICK_SECONDS if self._running() else IDLE_WAKE_SECONDS
             try:
-                record = self._records.get(timeout=TICK_SECONDS)
+                record = self._records.get(timeout=timeout)
             except queue.Empty:
                 record = None
+            if self._stop.is_set():
+                break
             try:
                 if record is not None:
                     self._handle(record)
                 self._tick()
+                self.ticks += 1
             except Exception:
                 log.exception("guard.failed")
+
+    def _running(self) -> bool:
+        """Whether some guarded tool call runs its command (not a launcher placed ahead
+        still waiting for one): only then can a tool call be stopped, capped, or take
+        the node's turn in the kernel (it allocates), so only then is a tick needed."""
+        with self._lock:
+            return any(not g.tool_call.waiting for g in self._by_key.values())
+
+    def _wake_on_begun(self, event: Event) -> bool:
+        """Bus filter: a tool call began (a launcher placed ahead got its command): wake
+        the worker. Accepts nothing (the subscription's queue stays empty)."""
+        if event.kind == "tool_call_begun":
+            self._records.put(None)
+        return False
 
     def _handle(self, record: GuardRecord) -> None:
         with self._lock:
