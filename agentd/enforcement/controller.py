@@ -83,6 +83,11 @@ class PressureController:
         level, reasons = classify(sample, self.thresholds)
         for name, value in sample.as_details().items():
             PRESSURE_SIGNAL.labels(name).set(float(value))
+        if level is not Level.HIGH and self.policy.quiet:
+            # Nothing in force, nothing to escalate: the common idle tick ends here.
+            self.policy.observe(now, level)
+            PRESSURE_LEVEL.set(0)
+            return []
         sessions = {s.id: s for s in self.manager.list_sessions(ROOT)}
         before = self.policy.state
         busy = {s.priority for s in sessions.values() if self.manager.running_count(s.id)}

@@ -146,6 +146,18 @@ class PressurePolicy:
             return "normal"
         return "freezing" if self._ladder[self.level - 1].status == Status.FROZEN else "throttling"
 
+    @property
+    def quiet(self) -> bool:
+        """No step in force and no session held: a step at a level other than HIGH would
+        change nothing and ask for nothing (the controller skips it, and the sessions'
+        listing it needs)."""
+        return self.level == 0 and not self._status
+
+    def observe(self, now: float, level: Level) -> None:
+        """What `step` does while quiet and not HIGH: only follow the level's streaks
+        (a later step measures its dwell from them)."""
+        self._track_streaks(now, level)
+
     def status_of(self, session_id: str) -> Status:
         return self._status.get(session_id, Status.NONE)
 

@@ -27,6 +27,7 @@ from agentd.cgroups.base import CgroupBackend, CgroupError
 from agentd.cgroups.common import parse_keyed
 from agentd.enforcement.policy import Sample
 from agentd.events import EventBus
+from agentd.metrics.reader import CachedReader
 
 log = structlog.get_logger("agentd.pressure")
 
@@ -47,8 +48,12 @@ def parse_psi_some_avg10(text: str) -> float | None:
     return None
 
 
-def read_psi(path: str) -> float | None:
+def read_psi(path: str, reader: CachedReader | None = None) -> float | None:
+    """ "some avg10" of a PSI file; with `reader`, from a file kept open (pread at 0
+    regenerates a PSI file: no open and close every sample)."""
     try:
+        if reader is not None:
+            return parse_psi_some_avg10(reader.read(path))
         with open(path) as f:
             return parse_psi_some_avg10(f.read())
     except (OSError, ValueError):
@@ -138,18 +143,21 @@ class PressureMonitor:
             else None
         )
         self._last_limit_count: int | None = None
+        # PSI files stay open between samples (a few, bounded: node and sessions group).
+        self._reader = CachedReader(max_open=8)
 
     def close(self) -> None:
         if self._guards is not None:
             self._guards.close()
+        self._reader.close()
 
     def sample(self, now: float | None = None) -> Sample:
         now = time.monotonic() if now is None else now
         usage_fraction, limit_events = self._sessions_group()
         return Sample(
             time=now,
-            memory_psi=read_psi(self._paths[0]),
-            cpu_psi=read_psi(self._paths[1]),
+            memory_psi=read_psi(self._paths[0], self._reader),
+            cpu_psi=read_psi(self._paths[1], self._reader),
             group_memory_psi=self._group_memory_psi(),
             usage_fraction=usage_fraction,
             limit_events=limit_events,
@@ -183,7 +191,7 @@ class PressureMonitor:
     def _group_memory_psi(self) -> float | None:
         if self.backend.name != "v2":
             return None  # v1 has per-group PSI only with the psi_cgroup_v1 boot option
-        return read_psi(f"{self.backend.path_of(SESSIONS)}/memory.pressure")
+        return read_psi(f"{self.backend.path_of(SESSIONS)}/memory.pressure", self._reader)
 
     def _guard_actions(self, now: float) -> int:
         if self._guards is None:

@@ -226,3 +226,49 @@ def test_batch_alone_under_pressure_is_throttled_not_frozen() -> None:
             policy.applied(now, action)
             log.append(action.kind)
     assert log == ["throttle", "throttle"]
+
+
+# ---- the controller's quiet shortcut -------------------------------------------------
+
+
+def run_with_shortcut(policy: PressurePolicy, series: list[tuple[float, Level]], sessions):
+    """run(), but as the controller ticks: while the policy is quiet and the level is not
+    HIGH, only observe() (no step, no sessions listed)."""
+    log = []
+    for now, level in series:
+        if level is not Level.HIGH and policy.quiet:
+            policy.observe(now, level)
+            continue
+        for action in policy.step(now, level, sessions):
+            policy.applied(now, action)
+            log.append((now, action.kind, action.session_id))
+    return log
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_quiet_shortcut_decides_exactly_as_stepping_every_tick(seed: int) -> None:
+    """Random level series (runs of HIGH, HOLD and LOW of random lengths), with and
+    without sessions of the ladder's classes: the same actions at the same times, and
+    the same state after every prefix."""
+    import random
+
+    rng = random.Random(seed)
+    series, now = [], 0.0
+    while len(series) < 200:
+        level = rng.choice(list(Level))
+        for _ in range(rng.randint(1, 25)):
+            series.append((now, level))
+            now += TICK
+    sessions = SESSIONS if seed % 4 else [Candidate("ia", INTER)]  # nothing to act on
+    full, short = PressurePolicy(), PressurePolicy()
+    assert run(full, series, sessions) == run_with_shortcut(short, series, sessions)
+    assert (full.level, full.state) == (short.level, short.state)
+
+
+def test_quiet_means_nothing_in_force() -> None:
+    policy = PressurePolicy()
+    assert policy.quiet
+    run(policy, constant(Level.HIGH, 0.0, 1.0))
+    assert not policy.quiet and policy.level > 0
+    run(policy, constant(Level.LOW, 1.0, 60.0))
+    assert policy.level == 0 and policy.quiet
