@@ -58,33 +58,61 @@ def parse_schedstat(text: str) -> tuple[int, int, int]:
     return int(fields[0]), int(fields[1]), int(fields[2])
 
 
+#: The /proc/stat lines kept after the aggregate "cpu" line, and their keys here.
+_PROC_STAT_COUNTS = {
+    "ctxt": "ctxt",
+    "processes": "forks",
+    "procs_running": "procs_running",
+    "procs_blocked": "procs_blocked",
+}
+
+
 def parse_proc_stat(text: str) -> dict[str, float]:
     """/proc/stat: aggregate CPU jiffies (busy, iowait, total), context switches,
-    forks, runnable and blocked tasks."""
+    forks, runnable and blocked tasks.
+
+    Bounded: only the aggregate "cpu" line and the lines from "ctxt" on are split. The
+    per-CPU lines and the "intr" line (one field per interrupt: thousands on a large
+    machine, ~1/3 of the parse here) lie between them and are skipped unread."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        if fields[0] == "cpu":
-            # user nice system idle iowait irq softirq steal guest guest_nice
-            values = [int(v) for v in fields[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            # guest time is already counted in user: keep it out of the total.
-            total = sum(values[:8])
-            out["cpu_total_jiffies"] = float(total)
-            out["cpu_busy_jiffies"] = float(total - idle)
-            out["cpu_iowait_jiffies"] = float(values[4]) if len(values) > 4 else 0.0
-            out["cpu_steal_jiffies"] = float(values[7]) if len(values) > 7 else 0.0
-        elif fields[0] == "ctxt":
-            out["ctxt"] = float(fields[1])
-        elif fields[0] == "processes":
-            out["forks"] = float(fields[1])
-        elif fields[0] == "procs_running":
-            out["procs_running"] = float(fields[1])
-        elif fields[0] == "procs_blocked":
-            out["procs_blocked"] = float(fields[1])
+    cpu = _line_of(text, "cpu ")
+    if cpu is not None:
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        values = [int(v) for v in cpu.split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        # guest time is already counted in user: keep it out of the total.
+        total = sum(values[:8])
+        out["cpu_total_jiffies"] = float(total)
+        out["cpu_busy_jiffies"] = float(total - idle)
+        out["cpu_iowait_jiffies"] = float(values[4]) if len(values) > 4 else 0.0
+        out["cpu_steal_jiffies"] = float(values[7]) if len(values) > 7 else 0.0
+    start = _line_start(text, "ctxt ")
+    if start < 0:
+        return out
+    for line in text[start:].split("\n"):
+        key, _, value = line.partition(" ")
+        ours = _PROC_STAT_COUNTS.get(key)
+        if ours is not None:
+            out[ours] = float(value)
+        elif key == "softirq":
+            break  # the last line (long too); nothing wanted after it
     return out
+
+
+def _line_start(text: str, prefix: str) -> int:
+    """Where the line starting with `prefix` starts (-1: none)."""
+    if text.startswith(prefix):
+        return 0
+    at = text.find("\n" + prefix)
+    return at + 1 if at >= 0 else -1
+
+
+def _line_of(text: str, prefix: str) -> str | None:
+    start = _line_start(text, prefix)
+    if start < 0:
+        return None
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def parse_vmstat(text: str) -> dict[str, float]:

@@ -172,3 +172,71 @@ def test_memory_events_v1_from_failcnt_and_oom_control() -> None:
 def test_memory_events_v2() -> None:
     out = parse.parse_memory_events_v2("low 0\nhigh 5\nmax 3\noom 1\noom_kill 1\n")
     assert out == {"mem_high_events": 5.0, "mem_limit_hits": 3.0, "mem_oom_kills": 1.0}
+
+
+def _proc_stat_reference(text: str) -> dict[str, float]:
+    """The parse before it was bounded (every line split): the bounded one must agree."""
+    out: dict[str, float] = {}
+    names = {"ctxt": "ctxt", "processes": "forks", "procs_running": "procs_running",
+             "procs_blocked": "procs_blocked"}  # fmt: skip
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            values = [int(v) for v in fields[1:]]
+            total = sum(values[:8])
+            out["cpu_total_jiffies"] = float(total)
+            out["cpu_busy_jiffies"] = float(total - values[3] - values[4])
+            out["cpu_iowait_jiffies"] = float(values[4])
+            out["cpu_steal_jiffies"] = float(values[7])
+        elif fields and fields[0] in names:
+            out[names[fields[0]]] = float(fields[1])
+    return out
+
+
+def test_proc_stat_bounded_parse_agrees_with_splitting_every_line() -> None:
+    """This host's /proc/stat, and a large machine's (256 CPUs, 4,000 interrupts): the
+    bounded parse skips the per-CPU and intr lines and finds the same numbers."""
+    with open("/proc/stat") as f:
+        here = f.read()
+    cpus = "".join(f"cpu{i} 50 5 25 400 20 2 3 10 0 0\n" for i in range(256))
+    large = (
+        "cpu  100 10 50 800 40 5 5 20 7 0\n" + cpus
+        + "intr 123456 " + " ".join(str(i % 7) for i in range(4000)) + "\n"
+        + "ctxt 98765\nbtime 1700000000\nprocesses 4321\nprocs_running 17\n"
+        + "procs_blocked 2\nsoftirq 1 2 3 4 5 6 7 8 9 10 11\n"
+    )  # fmt: skip
+    for text in (here, large):
+        assert parse.parse_proc_stat(text) == _proc_stat_reference(text)
+    out = parse.parse_proc_stat(large)
+    assert (out["ctxt"], out["forks"], out["procs_running"], out["procs_blocked"]) == (
+        98765, 4321, 17, 2,
+    )  # fmt: skip
+    assert set(parse.parse_proc_stat(here)) == {
+        "cpu_total_jiffies", "cpu_busy_jiffies", "cpu_iowait_jiffies", "cpu_steal_jiffies",
+        "ctxt", "forks", "procs_running", "procs_blocked",
+    }  # fmt: skip
+
+
+def test_proc_stat_without_cpu_or_counts_lines() -> None:
+    assert parse.parse_proc_stat("ctxt 5\n") == {"ctxt": 5.0}
+    assert parse.parse_proc_stat("cpu  1 0 1 8 0 0 0 0 0 0\n")["cpu_total_jiffies"] == 10.0
+    assert parse.parse_proc_stat("") == {}
+
+
+def test_cached_reader_reads_a_file_larger_than_its_first_read_whole(tmp_path) -> None:
+    """Reads start under glibc's mmap threshold (docs/metrics.md, "What it costs"); a
+    file that fills the buffer is read again, whole, and keeps its larger size."""
+    from agentd.metrics.reader import READ_SIZE, CachedReader
+
+    big = tmp_path / "big"
+    big.write_text("x" * (READ_SIZE * 5 + 3))
+    small = tmp_path / "small"
+    small.write_text("some avg10=1.00 avg60=0 avg300=0 total=5\n")
+    exact = tmp_path / "exact"
+    exact.write_text("y" * READ_SIZE)  # fills the first buffer exactly
+    reader = CachedReader()
+    assert reader.read(str(big)) == big.read_text()
+    assert reader.read(str(big)) == big.read_text()  # the remembered size
+    assert reader.read(str(small)) == small.read_text()
+    assert reader.read(str(exact)) == exact.read_text()
+    reader.close()
