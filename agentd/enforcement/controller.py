@@ -5,6 +5,10 @@ The only module of the pressure policy with side effects. Every knob is written 
 the scheduler API, with its own anti-flap interval); the policy (policy.py) only
 decides. An action Control refuses (too soon, the session just closed) is not
 recorded as applied, so the policy asks for it again on a later tick.
+
+Idle (docs/pressure.md): while the policy is quiet, every signal is LOW and the kernel
+notifies each signal's change (agentd/enforcement/wakeups.py), the loop sleeps until a
+notification (QUIET_WAKE_SECONDS at most) instead of sampling every interval.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from agentd.enforcement.policy import (
     Candidate,
     Level,
     PressurePolicy,
+    Sample,
     Status,
     Thresholds,
     classify,
 )
-from agentd.enforcement.pressure import PressureMonitor, PsiTrigger
+from agentd.enforcement.pressure import SESSIONS, PressureMonitor
 from agentd.enforcement.priorities import PriorityTable
+from agentd.enforcement.wakeups import Wakeups
 from agentd.errors import AgentdError, NotFoundError
 from agentd.events import Event
 from agentd.manager import Caller, Manager
@@ -36,6 +42,11 @@ from agentd.model import Resources
 log = structlog.get_logger("agentd.pressure")
 
 ROOT = Caller(uid=0, gid=0, pid=0)
+#: The longest sleep while idle (quiet, LOW, every signal notified): a safety net.
+QUIET_WAKE_SECONDS = 5.0
+#: The PSI triggers' share of stall is at most this (the loop's early wake-up before
+#: the idle sleep existed: 100 ms of a 1 s window), else the exit threshold's.
+EARLY_WAKE_SHARE = 0.1
 #: The actor name of the policy's holds in Control.
 BY = "pressure"
 
@@ -75,6 +86,9 @@ class PressureController:
         self.interval_seconds = interval_seconds
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.wakeups: Wakeups | None = None
+        self.idle = False  # the last tick found nothing that needs the next interval
+        self.ticks = 0
 
     def tick(self, now: float | None = None) -> list[Action]:
         """One sample, one decision; returns the actions that took effect."""
@@ -83,6 +97,8 @@ class PressureController:
         level, reasons = classify(sample, self.thresholds)
         for name, value in sample.as_details().items():
             PRESSURE_SIGNAL.labels(name).set(float(value))
+        self.ticks += 1
+        self.idle = level is Level.LOW and self.policy.quiet and self._notified(sample)
         if level is not Level.HIGH and self.policy.quiet:
             # Nothing in force, nothing to escalate: the common idle tick ends here.
             self.policy.observe(now, level)
@@ -110,6 +126,44 @@ class PressureController:
             else:
                 failed.add(action.session_id)
         return done
+
+    def _notified(self, sample: Sample) -> bool:
+        """Whether the kernel wakes the loop for every signal that could leave LOW."""
+        wakeups, t = self.wakeups, self.thresholds
+        if wakeups is None:
+            return False
+        memory_psi, cpu_psi = self.monitor.psi_paths
+        covered = [
+            (sample.memory_psi, t.memory_psi_enter, memory_psi in wakeups.psi),
+            (sample.cpu_psi, t.cpu_psi_enter, cpu_psi in wakeups.psi),
+            # v2's group PSI, memory.events and memory use: no notification wired yet.
+            (sample.group_memory_psi, t.memory_psi_enter, False),
+            (sample.usage_fraction, t.usage_enter, wakeups.usage_threshold),
+        ]
+        if any(value is not None and enter and not ok for value, enter, ok in covered):
+            return False
+        # Limit events: on v1 only the sessions group's own OOM kills count, and they
+        # come at its limit (the allocatable), past the usage threshold: notified.
+        return self.manager.backend.name == "v1" and (
+            wakeups.usage_threshold or not self.monitor.allocatable_memory
+        )
+
+    def _build_wakeups(self) -> Wakeups:
+        t, wakeups = self.thresholds, Wakeups()
+        memory_psi, cpu_psi = self.monitor.psi_paths
+        for path, enter, exit_ in (
+            (memory_psi, t.memory_psi_enter or 10.0, t.memory_psi_exit or 10.0),
+            (cpu_psi, t.cpu_psi_enter, t.cpu_psi_exit),
+        ):
+            if enter and exit_:
+                wakeups.add_psi(path, min(exit_ / 100, EARLY_WAKE_SHARE))
+        backend, allocatable = self.manager.backend, self.monitor.allocatable_memory
+        if backend.name == "v1" and t.usage_enter and allocatable:
+            wakeups.add_memory_threshold_v1(
+                backend.path_in("memory", SESSIONS),  # type: ignore[attr-defined]
+                int(allocatable * t.usage_exit),
+            )
+        return wakeups
 
     def _apply(self, action: Action, budget: Resources) -> bool:
         target = Target(action.session_id)
@@ -187,28 +241,41 @@ class PressureController:
 
     def start(self) -> None:
         self.adopt_frozen()
+        self.wakeups = wakeups = self._build_wakeups()
+        self.monitor.on_guard_action = wakeups.wake
+        log.info(
+            "pressure.started", psi_triggers=sorted(wakeups.psi),
+            usage_threshold=wakeups.usage_threshold, interval=self.interval_seconds,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="agentd-pressure", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.wakeups is not None:
+            self.wakeups.wake()
         if self._thread is not None:
             self._thread.join(5.0)
         self.monitor.close()
+        if self.wakeups is not None:
+            self.monitor.on_guard_action = None
+            self.wakeups.close()
 
     def _run(self) -> None:
-        trigger = PsiTrigger()
-        log.info("pressure.started", psi_trigger=trigger.armed, interval=self.interval_seconds)
-        try:
-            while not self._stop.is_set():
-                try:
-                    self.tick()
-                except Exception:
-                    log.exception("pressure.tick_failed")
-                # Woken early by a memory stall; otherwise one sample per interval.
-                trigger.wait(self.interval_seconds)
-        finally:
-            trigger.close()
+        assert self.wakeups is not None
+        woken = False
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                self.idle = False
+                log.exception("pressure.tick_failed")
+            # Woken early by a stall, a crossing or a guard action; otherwise one
+            # sample per interval, or none until woken while idle. After a wake-up one
+            # more interval in any case: a guard action wakes the loop from inside its
+            # publication, possibly before the event is in the monitor's queue.
+            idle = self.idle and not woken
+            woken = self.wakeups.wait(QUIET_WAKE_SECONDS if idle else self.interval_seconds)
 
 
 def start_pressure(

@@ -20,13 +20,14 @@ import queue
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 
 import structlog
 
 from agentd.cgroups.base import CgroupBackend, CgroupError
 from agentd.cgroups.common import parse_keyed
 from agentd.enforcement.policy import Sample
-from agentd.events import EventBus
+from agentd.events import Event, EventBus
 from agentd.metrics.reader import CachedReader
 
 log = structlog.get_logger("agentd.pressure")
@@ -71,6 +72,7 @@ class PsiTrigger:
     ) -> None:
         self._fd: int | None = None
         self._poll: select.poll | None = None
+        self.path = path
         self.window_us = 0
         unprivileged = (stall_us * 2_000_000 // window_us, 2_000_000)
         for stall, window in ((stall_us, window_us), unprivileged):
@@ -94,6 +96,11 @@ class PsiTrigger:
     @property
     def armed(self) -> bool:
         return self._fd is not None
+
+    @property
+    def fd(self) -> int | None:
+        """The trigger's file, to poll (POLLPRI) along with others; None if not armed."""
+        return self._fd
 
     def wait(self, timeout_s: float) -> bool:
         """Block up to `timeout_s`; True if the trigger fired."""
@@ -137,14 +144,29 @@ class PressureMonitor:
         self.guard_window_seconds = guard_window_seconds
         self._paths = (node_memory_psi, node_cpu_psi)
         self._guard_times: deque[float] = deque()
+        #: Called (on the publisher's thread) for each guard action: the loop's wake-up.
+        self.on_guard_action: Callable[[], None] | None = None
         self._guards = (
-            bus.subscribe(lambda e: e.kind == "guard_action", maxsize=1000)
+            bus.subscribe(self._is_guard_action, maxsize=1000)
             if bus is not None and guard_window_seconds > 0
             else None
         )
         self._last_limit_count: int | None = None
         # PSI files stay open between samples (a few, bounded: node and sessions group).
         self._reader = CachedReader(max_open=8)
+
+    @property
+    def psi_paths(self) -> tuple[str, str]:
+        """The node's memory and CPU PSI files this monitor reads."""
+        return self._paths
+
+    def _is_guard_action(self, event: Event) -> bool:
+        if event.kind != "guard_action":
+            return False
+        wake = self.on_guard_action
+        if wake is not None:
+            wake()
+        return True
 
     def close(self) -> None:
         if self._guards is not None:
