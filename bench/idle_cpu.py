@@ -16,8 +16,8 @@ CPU is the sum over the daemon's threads *and its child processes* (the launcher
 placed ahead, any helper) of the kernel's run time (`/proc/PID/task/TID/schedstat`,
 nanoseconds), so work moved out of the daemon's process still counts. Per window:
 CPU milliseconds per wall second. Printed: each scenario's median and min-max over
-the rounds for A and B, the ratio A/B, the load average; then A's heaviest threads
-(named with `py-spy dump` when py-spy is installed).
+the rounds for A and B, the ratio A/B, the load average; then A's and B's heaviest
+threads side by side (named with `py-spy dump` when py-spy is installed).
 
     sudo .venv/bin/python bench/idle_cpu.py --rounds 5 --seconds 3
     sudo .venv/bin/python bench/idle_cpu.py --baseline-pythonpath /tmp/agentd-prev
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace, a: Daemon, b: Daemon) -> int:
     daemons = {"A": a, "B": b}
     results: dict[tuple[int, str], list[float]] = defaultdict(list)
     loads: dict[int, list[float]] = defaultdict(list)
-    threads: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # (sessions, daemon) -> thread -> ms CPU/s per round
+    threads: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with Client(a.socket) as ca, Client(b.socket) as cb:
         clients = {"A": ca, "B": cb}
         opened: dict[str, list[Session]] = {"A": [], "B": []}
@@ -79,19 +80,18 @@ def run(args: argparse.Namespace, a: Daemon, b: Daemon) -> int:
                 for name in ("A", "B"):
                     open_idle_sessions(clients[name], opened[name], count)
                 time.sleep(args.settle)
-                names = thread_names(a.process.pid)
+                names = {n: thread_names(d.process.pid) for n, d in daemons.items()}  # type: ignore[union-attr]
                 for number in range(args.rounds):
                     order = ("A", "B") if number % 2 == 0 else ("B", "A")
                     for name in order:
                         pid = daemons[name].process.pid  # type: ignore[union-attr]
                         total, per_task = measure(pid, args.seconds)
                         results[(count, name)].append(total)
-                        if name == "A":
-                            by_name: dict[str, float] = defaultdict(float)
-                            for key, ms in per_task.items():
-                                by_name[label(pid, key, names)] += ms
-                            for thread, ms in by_name.items():
-                                threads[count][thread].append(ms)
+                        by_name: dict[str, float] = defaultdict(float)
+                        for key, ms in per_task.items():
+                            by_name[label(pid, key, names[name])] += ms
+                        for thread, ms in by_name.items():
+                            threads[(count, name)][thread].append(ms)
                     loads[count].append(os.getloadavg()[0])
                     print(
                         f"{count:>2} sessions, round {number + 1}/{args.rounds}: "
@@ -117,13 +117,19 @@ def run(args: argparse.Namespace, a: Daemon, b: Daemon) -> int:
             f"| {ratio:4.2f} | {min(loads[count]):.2f}-{max(loads[count]):.2f}"
         )
     for count in args.sessions:
-        print(f"\nA's threads with {count} sessions (ms CPU/s, median of rounds):")
-        per_thread = {
-            t: statistics.median(v + [0.0] * (args.rounds - len(v)))
-            for t, v in threads[count].items()
+        print(f"\nthreads with {count} sessions (ms CPU/s, median of rounds):   A |      B")
+        median = {
+            name: {
+                t: statistics.median(v + [0.0] * (args.rounds - len(v)))
+                for t, v in threads[(count, name)].items()
+            }
+            for name in ("A", "B")
         }
-        for thread, ms in sorted(per_thread.items(), key=lambda kv: -kv[1])[: args.top]:
-            print(f"  {ms:7.2f}  {thread}")
+        top = sorted(set(median["A"]) | set(median["B"]), key=lambda t: -max(
+            median["A"].get(t, 0.0), median["B"].get(t, 0.0)))  # fmt: skip
+        for thread in top[: args.top]:
+            a_ms, b_ms = median["A"].get(thread, 0.0), median["B"].get(thread, 0.0)
+            print(f"  {thread:<40} {a_ms:7.2f} | {b_ms:7.2f}")
     print(f"\nnote: {NOISE_CAVEAT}")
     return 0
 

@@ -89,6 +89,7 @@ class PressureController:
         self.wakeups: Wakeups | None = None
         self.idle = False  # the last tick found nothing that needs the next interval
         self.ticks = 0
+        self.last_level: Level | None = None
 
     def tick(self, now: float | None = None) -> list[Action]:
         """One sample, one decision; returns the actions that took effect."""
@@ -98,6 +99,7 @@ class PressureController:
         for name, value in sample.as_details().items():
             PRESSURE_SIGNAL.labels(name).set(float(value))
         self.ticks += 1
+        self.last_level = level
         self.idle = level is Level.LOW and self.policy.quiet and self._notified(sample)
         if level is not Level.HIGH and self.policy.quiet:
             # Nothing in force, nothing to escalate: the common idle tick ends here.
@@ -159,10 +161,11 @@ class PressureController:
                 wakeups.add_psi(path, min(exit_ / 100, EARLY_WAKE_SHARE))
         backend, allocatable = self.manager.backend, self.monitor.allocatable_memory
         if backend.name == "v1" and t.usage_enter and allocatable:
-            wakeups.add_memory_threshold_v1(
-                backend.path_in("memory", SESSIONS),  # type: ignore[attr-defined]
-                int(allocatable * t.usage_exit),
-            )
+            # At usage_exit: idle ends; at usage_enter too, so that the crossing is seen
+            # at once rather than at the next interval (~ half of it later).
+            memory = backend.path_in("memory", SESSIONS)  # type: ignore[attr-defined]
+            for fraction in sorted({t.usage_exit, t.usage_enter}):
+                wakeups.add_memory_threshold_v1(memory, int(allocatable * fraction))
         return wakeups
 
     def _apply(self, action: Action, budget: Resources) -> bool:

@@ -8,9 +8,10 @@ not sample every interval if the kernel tells it when that could change
   its window. avg10 is an average of the stall shares of 2 s periods; while no window
   holds that share of stall, avg10 cannot climb to the exit threshold, so the trigger
   fires before a signal could leave LOW;
-- the sessions group's memory use (v1): a memory threshold (eventfd registered in
-  cgroup.event_control on memory.usage_in_bytes) at usage_exit of the allocatable; it
-  fires when the use crosses it, up or down;
+- the sessions group's memory use (v1): memory thresholds (eventfds registered in
+  cgroup.event_control on memory.usage_in_bytes) at usage_exit and usage_enter of the
+  allocatable; each fires when the use crosses it, up or down (the one at usage_enter
+  makes the crossing seen at once, not at the next interval);
 - guard actions: the bus's publisher wakes the loop (`wake()`).
 
 A signal no notification covers (v2's memory use and memory.events, a trigger the
