@@ -6,11 +6,11 @@ files stay open and are re-read with pread(offset 0), which regenerates their co
 A read that fails (the group was removed, the process exited) closes the file and
 raises OSError; the number of open files is bounded.
 
-The read size matters more than it seems: `os.pread(fd, n)` allocates an n-byte
-buffer first, and above glibc's mmap threshold (128 KiB) that is an mmap and munmap
-per read: a 256 KiB read of a 100-byte PSI file cost ~25 us here against ~4 us for
-64 KiB, for every file, ten times a second. So reads start at READ_SIZE and grow (per
-file, remembered) only for a file that filled the buffer.
+The read size matters: `os.pread(fd, n)` allocates an n-byte buffer first, and above
+glibc's mmap threshold (128 KiB until glibc raises it dynamically) that is an mmap and
+munmap per read: a 256 KiB read of a 100-byte PSI file cost ~25 us in a fresh process
+against ~4 us for 64 KiB. So reads start at READ_SIZE and grow (per file, remembered)
+only for a file that filled the buffer.
 """
 
 from __future__ import annotations
