@@ -129,9 +129,9 @@ class ScoreCache:
     def epoch_due(self, predictor: Any) -> bool:
         """Whether `epoch` would take a new window now: the predictor was replaced or
         the current epoch is `refresh_seconds` old. Until then a call does not ask the
-        predictor for its window at all: building one (the collector's rings, ~60
-        rates, under the collector's lock) every 0.1 s on the calls' path was most
-        of a cached ScorePlacement's tail (docs/node-api.md)."""
+        predictor for its window at all: it used to build one (the collector's
+        rings, ~60 rates, under the collector's lock) every 0.1 s on whichever call
+        came then, and 9 in 10 of them were never used."""
         return (
             predictor is not self._predictor
             or self.clock() - self._epoch_began >= self.refresh_seconds
