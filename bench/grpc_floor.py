@@ -29,7 +29,10 @@ from api_load import client_process, percentile, process_cpu_seconds
 METHOD = "/agentd.v1.NodeService/ScorePlacement"
 
 
-def serve(address: str, certs: str, reuseport: bool, ready: Any, stop: Any) -> None:
+def serve(
+    address: str, certs: str, reuseport: bool, ready: Any, stop: Any, response: bytes = b""
+) -> None:
+    """`response`: the serialized ScorePlacementResponse to answer (default: 4 scores)."""
     import asyncio
 
     import grpc
@@ -37,9 +40,10 @@ def serve(address: str, certs: str, reuseport: bool, ready: Any, stop: Any) -> N
     from agentd.v1 import node_pb2 as pb
     from agentd.v1 import node_pb2_grpc
 
-    fixed = pb.ScorePlacementResponse()
-    for i in range(4):
-        fixed.scores.add(candidate_id=f"c{i}", feasible=True, score=50)
+    fixed = pb.ScorePlacementResponse.FromString(response)
+    if not response:
+        for i in range(4):
+            fixed.scores.add(candidate_id=f"c{i}", feasible=True, score=50)
 
     class Trivial(node_pb2_grpc.NodeServiceServicer):
         async def ScorePlacement(self, request: Any, context: Any) -> Any:

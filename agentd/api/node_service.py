@@ -21,7 +21,14 @@ from agentd.api.auth import ADMISSION_METHODS, CONTROL_METHODS, Authenticator, P
 from agentd.api.node_events import overflow, parse_token, to_node_event, token
 from agentd.api.node_sampler import NodeSampler, Pressure
 from agentd.api.ratelimit import RateLimiter
-from agentd.api.score_cache import ScoreCache, candidate_key, score_entry
+from agentd.api.score_cache import (
+    COMPUTED,
+    FROM_ANSWER,
+    FROM_ENTRY,
+    ScoreCache,
+    candidate_key,
+    score_entry,
+)
 from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.status import internal, to_status
 from agentd.cgroups.base import CgroupError
@@ -250,6 +257,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             if entry is None:
                 missing.append(i)
             entries.append(entry or b"")
+        FROM_ENTRY.inc(len(entries) - len(missing))
         if missing:
             self._fill(request, missing, entries, answers, cacheable, window, room, stall, context)
         _check_deadline(context)
@@ -277,8 +285,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         ]
         predicted = self.score_cache.predictions() if cacheable else {}
         computed = self._score_candidates(
-            request, unknown, [keys[i] for i in unknown], predicted, room, stall, context
+            request, unknown, [keys[i] for i in unknown], predicted, window, room, stall, context
         )
+        COMPUTED.inc(len(unknown))
+        FROM_ANSWER.inc(len(missing) - len(unknown))
         known.update(zip(unknown, computed, strict=True))
         keep = cacheable and (not unknown or self._prediction_window() is window)
         for i in missing:
@@ -296,17 +306,18 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         indices: list[int],
         keys: list[Any],
         predicted: dict[Any, Any],
+        window: Any,
         room: Room,
         stall: float,
         context: Any,
     ) -> list[bytes]:
         """The serialized answers (without candidate ids) of the candidates at
         `indices` (whose candidate_keys are `keys`): parsed (an invalid one raises
-        its error), predicted in one model call unless in `predicted` (which gets the
-        new ones), scored."""
+        its error), predicted on `window` in one model call unless in `predicted`
+        (which gets the new ones), scored."""
         parsed = [_candidate(request.candidates[i], f"candidates[{i}]") for i in indices]
         unknown = [n for n, key in enumerate(keys) if key not in predicted]
-        fresh = self._predict_all([parsed[n][1:] for n in unknown])
+        fresh = self._predict_all([parsed[n][1:] for n in unknown], window)
         for n, prediction in zip(unknown, fresh, strict=True):
             predicted[keys[n]] = prediction
         predictions = [predicted[key] for key in keys]
@@ -346,6 +357,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         window = getattr(self.predictor, "window", None)
         if not callable(window):
             return _UNCACHEABLE
+        if not self.score_cache.epoch_due(self.predictor):
+            return self.score_cache.window
         return self.score_cache.epoch(self.predictor, window())
 
     # ---- admission ----------------------------------------------------------------
@@ -570,16 +583,19 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         pressure = self.sampler.latest.pressure
         return max((pressure[r].some_avg10 for r in ("cpu", "memory") if r in pressure), default=0)
 
-    def _predict_all(self, items: list[tuple[Any, Resources | None]]) -> list[Any]:
+    def _predict_all(self, items: list[tuple[Any, Resources | None]], window: Any) -> list[Any]:
         """One prediction (or None) per (intent, budget): in one model call when the
         predictor takes a batch (PlacementPredictor.predict_many: one feature matrix,
-        one window), else one call each."""
+        on `window`, the epoch's, when it says what it predicts from), else one call
+        each."""
         if self.predictor is None or not items:
             return [None] * len(items)
         try:
             batch = getattr(self.predictor, "predict_many", None)
             if batch is not None:
-                return list(batch(items))
+                if window is None or window is _UNCACHEABLE:
+                    return list(batch(items))
+                return list(batch(items, window))
             return [self.predictor(intent, budget) for intent, budget in items]
         except Exception:
             # A failing model must not fail placement: the scores go without it.

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import Counter
+
 from agentd.v1 import node_pb2 as pb
 
 #: Distinct candidates kept per set of inputs; past it the table starts over (a
@@ -48,6 +50,17 @@ MAX_ENTRIES = 4096
 #: asking the model at most once a second per distinct intent keeps it off the
 #: calls' path.
 PREDICTION_REFRESH_SECONDS = 1.0
+#: How each scored candidate was answered: `entry` (its whole bytes seen with these
+#: inputs), `answer` (its intent under another id), `computed` (parsed and scored;
+#: predicted unless its intent's prediction of this epoch was kept).
+CANDIDATES = Counter(
+    "agentd_api_score_cache_candidates",
+    "ScorePlacement candidates by how they were answered",
+    ["source"],
+)
+FROM_ENTRY = CANDIDATES.labels("entry")
+FROM_ANSWER = CANDIDATES.labels("answer")
+COMPUTED = CANDIDATES.labels("computed")
 _SCORES_FIELD = pb.ScorePlacementResponse.DESCRIPTOR.fields_by_name["scores"].number
 _ID_FIELD = pb.Score.DESCRIPTOR.fields_by_name["candidate_id"].number
 _LENGTH_DELIMITED = 2
@@ -107,6 +120,22 @@ class ScoreCache:
         self._predictor: Any = None
         self._window: Any = None  # the window of the current epoch
         self._epoch_began = -float("inf")
+
+    @property
+    def window(self) -> Any:
+        """The window of the current epoch (None before the first)."""
+        return self._window
+
+    def epoch_due(self, predictor: Any) -> bool:
+        """Whether `epoch` would take a new window now: the predictor was replaced or
+        the current epoch is `refresh_seconds` old. Until then a call does not ask the
+        predictor for its window at all: it used to build one (the collector's
+        rings, ~60 rates, under the collector's lock) every 0.1 s on whichever call
+        came then, and 9 in 10 of them were never used."""
+        return (
+            predictor is not self._predictor
+            or self.clock() - self._epoch_began >= self.refresh_seconds
+        )
 
     def epoch(self, predictor: Any, window: Any) -> Any:
         """The window `predictor`'s answers are kept for: `window` (its latest) when

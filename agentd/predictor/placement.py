@@ -50,12 +50,16 @@ class PlacementPredictor:
         return scoring.Prediction(p.predicted_slowdown, p.low, p.high, p.model)
 
     def predict_many(
-        self, items: Sequence[tuple[Intent, Resources | None]]
+        self, items: Sequence[tuple[Intent, Resources | None]], window: NodeWindow | None = None
     ) -> list[scoring.Prediction]:
         """`self(intent, budget)` for each item, in one model call (one feature matrix
-        and one window): what ScorePlacement uses for its candidates."""
+        and one window): what ScorePlacement uses for its candidates. `window`: one
+        taken earlier from `window()` (ScorePlacement's epoch, score_cache.py), so that
+        the answer is the one for the window it is kept with; the latest when None."""
         candidates = [candidate_of(intent, budget) for intent, budget in items]
         return [
             scoring.Prediction(p.predicted_slowdown, p.low, p.high, p.model)
-            for p in self._predictor.predict(candidates, self.window())
+            for p in self._predictor.predict(
+                candidates, self.window() if window is None else window
+            )
         ]

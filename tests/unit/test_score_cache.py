@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agentd.api.node_service import NODE_WIDE_PRINCIPAL, NodeService
 from agentd.api.score_cache import ScoreCache
@@ -178,6 +179,57 @@ def test_a_new_window_is_taken_at_most_once_per_refresh_period(window_per_call):
     after = service.scores(request)
     assert model.calls == [2, 2]
     assert after == _reference(service, window, request)
+
+
+def test_the_window_is_not_built_on_a_call_between_refreshes(window_per_call):
+    # Building a window reads the collector's rings under its lock: a call inside the
+    # refresh period answers without asking for one, while the room stays exact.
+    now = [100.0]
+    built: list[float] = []
+
+    def window() -> NodeWindow:
+        built.append(now[0])
+        return NodeWindow(psi_cpu_some=0.1 + len(built) / 10)
+
+    model = CountingPredictor()
+    service = ScoringOnly(
+        PlacementPredictor(model, window), refresh_seconds=1.0, clock=lambda: now[0]
+    )
+    request = _request(["a"], [256])
+    first = service.scores(request)
+    for step in range(9):
+        now[0] += 0.1
+        service.room = Room(memory=(3 << 30) - step * (64 << 20), cpu=1.5, pids=1000)
+        answer = service.scores(request)
+        assert answer.scores[0].memory_headroom_bytes == service.room.memory - (256 << 20)
+        assert answer.scores[0].prediction == first.scores[0].prediction
+    assert built == [100.0] and model.calls == [1]
+    now[0] = 101.0  # a second after the first window: the next one is built and used
+    renewed = service.scores(request)
+    assert len(built) == 2 and model.calls == [1, 1]
+    assert renewed.scores[0].prediction.predicted_slowdown > (
+        first.scores[0].prediction.predicted_slowdown
+    )
+
+
+def test_how_candidates_were_answered_is_counted(window_per_call):
+    def count(source: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "agentd_api_score_cache_candidates_total", {"source": source}
+        )
+        return value or 0.0
+
+    window = NodeWindow(psi_cpu_some=0.1)
+    service = ScoringOnly(PlacementPredictor(CountingPredictor(), lambda: window))
+    before = {s: count(s) for s in ("entry", "answer", "computed")}
+    service.scores(_request(["a", "b"], [256, 512]))  # computed
+    service.scores(_request(["a", "b"], [256, 512]))  # the same entries
+    service.scores(_request(["x", "b"], [256, 1024]))  # a's answer under another id; new
+    assert {s: count(s) - n for s, n in before.items()} == {
+        "entry": 2,
+        "answer": 1,
+        "computed": 3,
+    }
 
 
 def test_answers_predicted_while_the_window_turned_over_are_not_kept(window_per_call):
