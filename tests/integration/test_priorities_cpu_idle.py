@@ -75,8 +75,11 @@ def test_batch_yields_the_cpu_while_an_interactive_session_is_open(
         mgr.batch_idle.sync(mgr.list_sessions(ROOT))
         assert cpu_idle(mgr, batch.cgroup_rel) == "1"
         print(f"batch share of CPU 0: idle {idle_share:.4f}, weights only {weights_share:.4f}")
-        assert idle_share < 0.02
-        assert weights_share > 3 * idle_share
+        # Quiet, idle gets 0.0; under heavy load (the loops pinned to a CPU that other
+        # work shares) up to ~2% was seen: the bound leaves room for that and still
+        # fails for weights alone (~6%).
+        assert idle_share < 0.035
+        assert weights_share > 1.5 * idle_share
 
         # The last interactive session closes: batch is back to its weight and runs.
         mgr.close_session(ROOT, interactive.id)
