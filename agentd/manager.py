@@ -213,9 +213,8 @@ class Manager:
                 raise UnavailableError(f"could not create the session's cgroup: {e}") from e
             self.store.save_session(session)
             self._sessions[session.id] = session
-            self.batch_idle.sync(self._sessions.values())
+            self._sessions_changed()
         self.spares_wanted.set()
-        self._sessions_changed()
         log.info("session.created", session=session.id, uid=caller.uid, budget=budget.as_dict())
         details = {k: str(v) for k, v in budget.as_dict().items() if v is not None}
         self.bus.publish(Event(session.id, "", session.owner_uid, "session_opened", details))
@@ -261,8 +260,7 @@ class Manager:
             session.closed_at = time.time()
             self.store.save_session(session)
             del self._sessions[session_id]
-            self.batch_idle.sync(self._sessions.values())
-        self._sessions_changed()
+            self._sessions_changed()
         log.info("session.closed", session=session_id, tool_calls_ended=len(ended))
         self.bus.publish(
             Event(
@@ -279,6 +277,11 @@ class Manager:
         return bool(self._sessions)
 
     def _sessions_changed(self) -> None:
+        """The one path after a session opened or closed (or the set was recovered),
+        with `_lock` held: batch sessions' cpu.idle follows the interactive ones, and the
+        migration warmer runs while any session is open (a pipe write, only when that
+        changed)."""
+        self.batch_idle.sync(self._sessions.values())
         if self.warmer is not None:
             self.warmer.refresh()
 
@@ -609,7 +612,7 @@ class Manager:
                     self.backend.create(session.cgroup_rel, self._session_limits(session))
                 self._sessions[session.id] = session
                 counts["sessions"] += 1
-            self.batch_idle.sync(self._sessions.values())  # a batch one may be left idle
+            self._sessions_changed()  # a batch one may be left idle
             for tool_call in self.store.running_tool_calls():
                 if tool_call.session_id in self._sessions and self.backend.exists(
                     tool_call.cgroup_rel

@@ -168,6 +168,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
             )
             for i, end in enumerate(request.ends)
         ]
+        if request.more_pids and not request.ahead:
+            raise InvalidArgumentError("more_pids", "only launchers placed ahead come in batches")
         if ends:
             self.manager.end_tool_calls(caller, ends)
         tool_call = self.manager.begin_tool_call(
@@ -175,6 +177,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
         )
         reply = self._tool_call(tool_call, with_usage_paths=True)
         reply.ends_handled = len(ends)
+        for pid in request.more_pids:
+            try:
+                more = self.manager.begin_tool_call(caller, session_id, intent, pid, ahead=True)
+            except AgentdError as e:  # the client aborts this launcher and the rest
+                log.info("tool_call.batch_placement_refused", pid=pid, error=str(e))
+                break
+            reply.more_placed.append(self._tool_call(more, with_usage_paths=True))
         return reply
 
     @rpc

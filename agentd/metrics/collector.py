@@ -10,6 +10,7 @@ reads the rings under a lock.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import queue
 import threading
 import time
@@ -69,6 +70,8 @@ class _Tracked:
 
 #: Gauges whose maximum over the run is kept (the rest are counters: rated).
 _GAUGES = ("mem_current_bytes", "mem_peak_bytes", "nr_tasks", "anon_bytes", "file_bytes")
+#: What reading a removed group's files fails with (FsError and OSError carry errno).
+_GONE_ERRNOS = (errno.ENOENT, errno.ENODEV)
 _WINDOW_FIELDS = tuple(f.name for f in dataclasses.fields(NodeWindow))
 
 
@@ -245,6 +248,28 @@ class Collector:
                     )
         return out or None
 
+    def _final_sample(self, rel: str) -> Sample | None:
+        """An ended tool call's last sample. Its group is usually gone by now (the group
+        worker removes it within milliseconds, the collector drains every period):
+        once a source finds it missing, the other sources of the group's files are not
+        tried (back to back, the failed opens and their error counts were a third of
+        the collector's work per tool call); sources whose data outlives the group
+        (`outlives_group`: the eBPF run-queue histogram) are still read."""
+        out: Sample = {}
+        gone = False
+        for source in self._group_sources:
+            outlives = getattr(source, "outlives_group", False)
+            if gone and not outlives:
+                continue
+            try:
+                out.update(source.sample(rel))
+            except Exception as e:
+                if outlives or getattr(e, "errno", None) not in _GONE_ERRNOS:
+                    SOURCE_ERRORS.labels(source.name).inc()
+                else:
+                    gone = True  # removed (ENOENT) or removed while open (ENODEV)
+        return out or None
+
     def _source_failed(self, name: str, what: str, error: Exception) -> None:
         SOURCE_ERRORS.labels(name).inc()
         if name not in self._failed:
@@ -287,9 +312,11 @@ class Collector:
     def end_many(self, tool_calls: list[ToolCall]) -> list[Record | None]:
         """end() of tool calls that ended together: one node and sessions sample for
         all of them, their records stored in one transaction."""
-        # One last look: a group is still there until the group worker removes it.
-        finals = [self._sample_group(t.cgroup_rel) for t in tool_calls]
+        # The node first: its run-queue source reads the eBPF maps, which the tool
+        # calls' run-queue source then reuses (one read of the maps, not two).
         node_end = (self._clock(), self._sample_node())
+        # One last look at each group (if the group worker has not removed it yet).
+        finals = [self._final_sample(t.cgroup_rel) for t in tool_calls]
         sessions_end = self._sample_group(SESSIONS_REL, aggregate=True)
         records = [
             self._end_one(t, final, node_end, sessions_end)

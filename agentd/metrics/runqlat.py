@@ -266,6 +266,9 @@ class RunqGroupSource:
     detail = True
     #: tool calls only: the session and node levels are the node source's sum
     per_process = True
+    #: keyed by the tool call's tracking key, not read from its group: still there
+    #: after the group is removed (the collector's last look at an ended tool call)
+    outlives_group = True
 
     def __init__(self, reader: RunqReader, key_of_rel: Callable[[str], int | None]) -> None:
         self._reader = reader

@@ -382,10 +382,13 @@ class Session:
             client._pools.add(self._pool)
             self._pool.prepare(pb.Intent())  # the session's default limits
 
-    def _begin_ahead(self, intent: pb.Intent, pid: int) -> pb.ToolCall:
-        """Place a launcher ahead, with the client's pending end reports folded in (one
-        RPC for both; those the daemon did not apply go back to the reporter)."""
-        request = pb.BeginToolCallRequest(session_id=self.id, intent=intent, pid=pid, ahead=True)
+    def _begin_ahead(self, intent: pb.Intent, pid: int, more: Sequence[int] = ()) -> pb.ToolCall:
+        """Place a launcher ahead (and the launchers `more`, listed in the reply's
+        `more_placed`), with the client's pending end reports folded in (one RPC for
+        all; those the daemon did not apply go back to the reporter)."""
+        request = pb.BeginToolCallRequest(
+            session_id=self.id, intent=intent, pid=pid, ahead=True, more_pids=more
+        )
         reporter = self.client.reporter
         ends = reporter.take_ends()
         request.ends.extend(reporter.end_request(r) for r in ends)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agentd.manager import MAX_WAITING_PER_SESSION
 from agentd.sdk import Client, NotFound
-from agentd.sdk.ahead import spawn_waiting
+from agentd.sdk.ahead import AHEAD_DEPTH, spawn_waiting
 from agentd.sdk.errors import InvalidArgument, ResourceExhausted
 from agentd.v1 import agent_pb2 as pb
 
@@ -146,8 +147,9 @@ def test_placing_ahead_is_bounded_per_session(agentd):
                         "BeginToolCall",
                         pb.BeginToolCallRequest(session_id=session.id, pid=pid, ahead=True),
                     )
-            assert len(session.placed_ahead_ids()) == 2  # the SDK keeps two placed
-            assert len(launchers) == 3  # 2 more besides the SDK's own: the limit is 4
+            assert len(session.placed_ahead_ids()) == AHEAD_DEPTH  # the SDK's own
+            # MAX_WAITING_PER_SESSION (4) in all: the last one tried was refused
+            assert len(launchers) == MAX_WAITING_PER_SESSION - AHEAD_DEPTH + 1
         finally:
             for pid, sock in launchers:
                 sock.close()
@@ -263,8 +265,13 @@ def test_ends_folded_into_the_next_placement_are_applied(agentd):
         client.call = recording  # type: ignore[method-assign]
         client.reporter._call = recording
         session.settle()
-        ids = [session.run(["/bin/sh", "-c", f"exit {code}"]).tool_call_id for code in (0, 3)]
-        session.settle()
+        ids = []
+        for code in (0, 3):
+            # Settled between runs: back to back, one batch may replace the launchers
+            # of two runs before the second ended; its end then travels alone after
+            # END_FOLD_SECONDS (docs/placement.md). Here each end has a placement after it.
+            ids.append(session.run(["/bin/sh", "-c", f"exit {code}"]).tool_call_id)
+            session.settle()
         assert "EndToolCall" not in sent and sent.count("BeginToolCall") >= 2
         for tool_call_id, code in zip(ids, (0, 3), strict=True):
             ended = tool_call(client, tool_call_id)
@@ -325,3 +332,41 @@ def test_an_end_waiting_to_be_folded_survives_a_daemon_sigkill(agentd):
     other.attach("fold-crash").close()
     client.close()
     other.close()
+
+
+def test_launchers_placed_in_one_batch_each_sit_in_their_own_group(agentd):
+    """BeginToolCall with `more_pids`: every launcher checked and placed as `pid`, in a
+    group of its own, each a WAITING tool call; the first one refused (here the
+    session's cap of waiting launchers) ends the batch, and the reply lists only
+    those placed."""
+    with Client(agentd.socket, ahead=False) as client, client.session("batch") as session:
+        launchers = [spawn_waiting() for _ in range(MAX_WAITING_PER_SESSION + 1)]
+        try:
+            pids = [pid for pid, _ in launchers]
+            first = client.call(
+                "BeginToolCall",
+                pb.BeginToolCallRequest(
+                    session_id=session.id, pid=pids[0], ahead=True, more_pids=pids[1:]
+                ),
+            )
+            placed = [first, *first.more_placed]
+            assert len(placed) == MAX_WAITING_PER_SESSION  # the fifth was refused
+            assert len({t.id for t in placed}) == len(placed)
+            for pid, waiting in zip(pids, placed, strict=False):
+                assert waiting.launcher_pid == pid
+                assert waiting.state == pb.TOOL_CALL_STATE_WAITING
+                assert waiting.usage_paths["memory"].endswith(f"/sessions/batch/{waiting.id}")
+                groups = Path(f"/proc/{pid}/cgroup").read_text()
+                for controller in ("memory", "pids", "cpu", "cpuacct", "freezer"):
+                    assert cgroup_of(groups, controller).endswith(f"/sessions/batch/{waiting.id}")
+            # The refused one was never placed: it is still in the caller's group.
+            assert "/sessions/" not in cgroup_of(Path(f"/proc/{pids[-1]}/cgroup").read_text())
+            with pytest.raises(InvalidArgument, match="more_pids"):
+                client.call(
+                    "BeginToolCall",
+                    pb.BeginToolCallRequest(session_id=session.id, pid=pids[-1], more_pids=[1]),
+                )
+        finally:
+            for pid, sock in launchers:
+                sock.close()
+                os.waitpid(pid, 0)

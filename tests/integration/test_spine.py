@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from agentd.sdk import FailedPrecondition, InvalidArgument, NotFound
+from agentd.sdk.ahead import AHEAD_DEPTH
 from agentd.v1 import agent_pb2 as pb
 
 PY = sys.executable
@@ -157,7 +158,7 @@ def test_invalid_requests_get_precise_errors_and_leave_no_group(agentd):
         after = settled_groups(agentd, "strict")
         assert len(after) == len(before)
         waiting = session.placed_ahead_ids()
-        assert len(waiting) == 2
+        assert len(waiting) == AHEAD_DEPTH
         for group in after:
             if group.rsplit("/", 1)[-1] not in waiting:
                 assert Path(group, "cgroup.procs").read_text() == ""

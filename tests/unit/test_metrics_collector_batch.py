@@ -106,3 +106,69 @@ def test_window_dict_is_as_dict_for_every_field() -> None:
     window = NodeWindow(**values)
     assert window_dict(window) == window.as_dict() == values
     assert window_dict(NodeWindow()) == NodeWindow().as_dict()
+
+
+class GroupFiles:
+    """A source of the group's own files: the group is gone once the tool call ended."""
+
+    detail = False
+    per_process = False
+
+    def __init__(self, name: str, removed: set[str]) -> None:
+        self.name = name
+        self.removed = removed
+        self.reads: list[str] = []
+
+    def sample(self, rel: str) -> Sample:
+        self.reads.append(rel)
+        if rel in self.removed:
+            raise FileNotFoundError(2, "No such file or directory", rel)
+        return {"cpu_usage_us": 1000.0}
+
+    def forget(self, rel: str) -> None:
+        pass
+
+
+class KeyedHistogram:
+    """Like the eBPF run-queue source: keyed by the tool call, outlives its group."""
+
+    name = "keyed"
+    detail = True
+    per_process = True
+    outlives_group = True
+
+    def sample(self, rel: str) -> Sample:
+        return {"rql_count": 4.0, "rql_sum_ns": 4e6, "rql_b60": 4.0}
+
+    def forget(self, rel: str) -> None:
+        pass
+
+
+def test_the_last_look_at_a_removed_group_reads_only_what_outlives_it(tmp_path: Path) -> None:
+    from agentd.metrics.collector import SOURCE_ERRORS
+
+    removed: set[str] = set()
+    first, second = GroupFiles("files-a", removed), GroupFiles("files-b", removed)
+    dataset = Dataset(tmp_path / "dataset.sqlite")
+    collector = Collector(
+        [CountingNode()], [first, second, KeyedHistogram()], CollectorSettings(), dataset
+    )
+    collector.tick()
+    gone, there = tool_call(1), tool_call(2)
+    for t in (gone, there):
+        collector.begin(t)
+    removed.add(gone.cgroup_rel)
+    errors = [SOURCE_ERRORS.labels(s)._value.get() for s in ("files-a", "files-b", "keyed")]
+    first.reads.clear()
+    second.reads.clear()
+    records = {r.tool_call_id: r for r in collector.end_many([gone, there]) if r is not None}
+    # The first source found the group gone: the second was not tried for it, and a
+    # removed group is no read error. The keyed histogram still made the record.
+    calls = (gone.cgroup_rel, there.cgroup_rel)  # not the sessions group's sample
+    assert [rel for rel in first.reads if rel in calls] == [gone.cgroup_rel, there.cgroup_rel]
+    assert [rel for rel in second.reads if rel in calls] == [there.cgroup_rel]
+    assert [SOURCE_ERRORS.labels(s)._value.get() for s in ("files-a", "files-b", "keyed")] == errors
+    assert records[gone.id].group_run["samples"] == 1.0
+    assert records[gone.id].group_run["runq_waits_per_s"] > 0
+    assert records[there.id].group_run["samples"] == 1.0
+    dataset.close()

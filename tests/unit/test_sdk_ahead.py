@@ -174,3 +174,50 @@ def test_flush_waits_for_ends_lent_to_a_placement():
     threading.Timer(0.1, reporter.give_back, (ends, 1)).start()
     assert reporter.flush(5)
     assert reporter.idle()
+
+
+class _BatchDaemon:
+    """BeginToolCall for LauncherPool: places at most `limit` of each batch."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batches: list[list[int]] = []
+        self._lock = threading.Lock()
+
+    def begin(self, intent: pb.Intent, pid: int, more: list[int] | tuple[int, ...] = ()):
+        with self._lock:
+            self.batches.append([pid, *more])
+            n = len(self.batches)
+        placed = [pb.ToolCall(id=f"tc-{n:06x}{i:06x}", launcher_pid=p) for i, p in
+                  enumerate([pid, *more][: self.limit])]  # fmt: skip
+        first = placed[0]
+        first.more_placed.extend(placed[1:])
+        return first
+
+
+def test_a_pool_short_of_several_launchers_places_them_in_one_call():
+    import os
+    import time
+
+    from agentd.sdk.ahead import LauncherPool
+
+    daemon = _BatchDaemon(limit=2)  # places 2 of a batch of 3: the third is aborted
+    pool = LauncherPool(daemon.begin, lambda tool_call_id: None, depth=3)
+    try:
+        pool.prepare(pb.Intent())
+        pool.wait_prepared(10)
+        # Empty pool: the three in one call, the one not placed then alone.
+        assert [len(b) for b in daemon.batches] == [3, 1]
+        aborted = daemon.batches[0][2]
+        # Aborted: it read EOF, exited without running anything and was reaped.
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{aborted}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(f"/proc/{aborted}")
+        ready = pool.ready_ids()
+        assert len(ready) == 3 and len(set(ready)) == 3
+        taken = pool.take(intent_key(pb.Intent()))
+        assert taken is not None and taken.pid == daemon.batches[0][0]
+        taken.abort()
+    finally:
+        pool.close()
