@@ -90,6 +90,8 @@ class NodeSnapshot:
     window: dict[str, float] = field(default_factory=dict)  # NodeWindow.as_dict()
     published_at: float = 0.0  # time.time()
     generation: int = 0  # the ChangeCounter's value before it was built
+    # The daemon's health statuses by service name (reader_health.py answers from them).
+    health: dict[str, int] = field(default_factory=dict)
 
 
 class SnapshotPublisher:
