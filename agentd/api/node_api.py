@@ -60,6 +60,20 @@ def health_statuses(servicer: health.HealthServicer) -> dict[str, int]:
     return out
 
 
+def _publish_health_changes(servicer: health.HealthServicer, publisher: SnapshotPublisher) -> None:
+    """Every status the daemon sets (SERVING once its socket serves, NOT_SERVING at
+    shutdown) makes the readers wait for the snapshot that has it, as a session
+    opened does: they answer health checks from snapshots (reader_health.py).
+    HealthServicer.enter_graceful_shutdown goes through `set` too."""
+    set_status = servicer.set
+
+    def set_and_publish(service: str, status: int) -> None:
+        set_status(service, status)
+        publisher.changed()
+
+    servicer.set = set_and_publish  # type: ignore[method-assign]
+
+
 def build_snapshot(
     service: NodeService, generation: int, health_servicer: health.HealthServicer | None = None
 ) -> NodeSnapshot:
@@ -158,6 +172,7 @@ class NodeApi:
             service.manager.bus,
         )
         self.publisher.start()
+        _publish_health_changes(health_servicer, self.publisher)
         service.after_change = self.publisher.publish
         self.reservations.on_change = self.publisher.changed
         forward = directory / "forward.sock"

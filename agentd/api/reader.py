@@ -289,7 +289,7 @@ class ReaderHandler(grpc.GenericRpcHandler):
         )
         self.local[SCORE_METHOD] = _score_placement(service, forwarder)
         self.local[reader_health.CHECK_METHOD] = reader_health.check_handler(
-            service.snapshots.current
+            service.snapshots, fresh
         )
 
     def service(

@@ -20,12 +20,12 @@ Watch (rare: a stream per prober) is still forwarded.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from agentd.api.snapshot import NodeSnapshot
+from agentd.api.snapshot import NodeSnapshot, SnapshotFile
 
 #: A snapshot older than this makes every service NOT_SERVING: 20 publication
 #: periods, so that a daemon briefly busy (a burst of tool calls, a GC) does not
@@ -49,15 +49,22 @@ def check(snapshot: NodeSnapshot, service: str, now: float) -> int | None:
     return status
 
 
-def check_handler(current: Callable[[], NodeSnapshot]) -> grpc.RpcMethodHandler:
-    """Health/Check on raw bytes from the snapshot `current()` returns."""
+def check_handler(
+    snapshots: SnapshotFile, fresh: Callable[[SnapshotFile], Awaitable[bool]]
+) -> grpc.RpcMethodHandler:
+    """Health/Check on raw bytes from the current snapshot. A status the daemon set
+    bumps the change counter (node_api.py): like any read, a check waits (`fresh`)
+    for the snapshot that has it, so the daemon's SERVING right after its start is
+    what every reader says next."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             service = health_pb2.HealthCheckRequest.FromString(request).service
         except Exception:  # DecodeError: not a HealthCheckRequest
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a HealthCheckRequest")
-        status = check(current(), service, time.time())
+        if snapshots.stale():
+            await fresh(snapshots)  # on a timeout the last one answers (and ages)
+        status = check(snapshots.current(), service, time.time())
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
         return _ANSWERS[status]

@@ -56,3 +56,29 @@ def test_settling_the_heap_takes_the_start_up_objects_out_of_collections():
         assert sum(gc.get_count()) < frozen  # what the next collections look at
     finally:
         gc.unfreeze()
+
+
+def test_a_status_the_daemon_sets_makes_readers_wait_for_the_snapshot_with_it(tmp_path):
+    from agentd.api.node_api import _publish_health_changes
+    from agentd.api.snapshot import ChangeCounter, SnapshotFile, SnapshotPublisher
+    from agentd.events import EventBus
+
+    servicer = health.HealthServicer()
+    counter = ChangeCounter(tmp_path / "generation", writer=True)
+
+    def build(generation: int) -> NodeSnapshot:
+        snapshot = _snapshot(0.0, health_statuses(servicer))
+        return NodeSnapshot(**{**snapshot.__dict__, "generation": generation})
+
+    publisher = SnapshotPublisher(tmp_path / "node.snapshot", counter, build, EventBus(), 60.0)
+    publisher.publish()
+    _publish_health_changes(servicer, publisher)
+    reader = SnapshotFile(publisher.path, ChangeCounter(tmp_path / "generation", writer=False))
+    assert not reader.stale() and "agentd.v1.NodeService" not in reader.current().health
+    servicer.set("agentd.v1.NodeService", SERVING)
+    assert reader.stale()  # a reader now waits for the snapshot that has it
+    publisher.publish()
+    assert reader.current().health["agentd.v1.NodeService"] == SERVING
+    servicer.enter_graceful_shutdown()  # through `set`: stale again
+    assert reader.stale()
+    publisher.stop()
