@@ -41,7 +41,7 @@ from agentd.api import reader_health
 from agentd.api.auth import Authenticator
 from agentd.api.event_tail import TAIL_METHOD, EventLog, decode_batch, decode_header
 from agentd.api.node_events import parse_token, token
-from agentd.api.node_service import _UNCACHEABLE, NodeService, node_rpc
+from agentd.api.node_service import _UNCACHEABLE, NodeService, _check_deadline, node_rpc
 from agentd.api.peercred import TokenRegistry
 from agentd.api.score_cache import ScoreCache
 from agentd.api.shared_ratelimit import SharedRateLimiter
@@ -49,7 +49,6 @@ from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotFile
 from agentd.api.status import to_status
 from agentd.errors import (
     AgentdError,
-    DeadlineExceededError,
     InvalidArgumentError,
     ResourceExhaustedError,
 )
@@ -168,8 +167,7 @@ class ReaderNodeService(NodeService):
         try:
             who = self.principal(context)
             self.limiter.take(who.key)
-            if (remaining := context.time_remaining()) is not None and remaining <= 0:
-                raise DeadlineExceededError("the call's deadline passed before the work was done")
+            _check_deadline(context)
             who.check_allowed(name)
         except AgentdError as e:
             return to_status(e)
@@ -456,7 +454,7 @@ def _local(
 
 def _score_placement(service: ReaderNodeService, forwarder: Forwarder) -> grpc.RpcMethodHandler:
     """ScorePlacement on raw bytes: a request seen with the current scoring inputs
-    is answered with the bytes answered then (ReaderNodeService.answer_of), after
+    is answered with the bytes answered then (ReaderNodeService.answers), after
     the same per-call checks (identity from the certificate, rate limit, deadline,
     role); any other goes through NodeService's own code and is kept."""
     method = NodeService.ScorePlacement.__wrapped__
@@ -473,15 +471,14 @@ def _score_placement(service: ReaderNodeService, forwarder: Forwarder) -> grpc.R
             try:
                 message = pb.ScorePlacementRequest.FromString(request)
             except DecodeError:
-                message = None
                 status = to_status(
                     InvalidArgumentError("request", "is not a ScorePlacementRequest")
                 )
             else:
                 result, status = service.serve(method, message, context)
-            if status is None:
-                answer = result.SerializeToString()
-                service.keep(table, request, answer)
+                if result is not None:
+                    answer = result.SerializeToString()
+                    service.keep(table, request, answer)
         if status is not None:
             await context.abort(status.code, status.details, status.trailing_metadata)
         return answer
@@ -533,7 +530,7 @@ async def serve(spec: ReaderSpec) -> None:
 
 def settle_heap() -> int:
     """Move everything alive after the start (grpc, protobuf, the model, the first
-    snapshot: a few hundred thousand objects) out of the garbage collector's reach,
+    snapshot) out of the garbage collector's reach,
     and return how many. Their full collections, triggered now and then by the
     calls' short-lived objects, took 40-300 ms in a reader under load (measured with
     gc.callbacks): a whole stalled event loop, every call in flight on the p99. What
