@@ -9,8 +9,9 @@ import socket
 import time
 from pathlib import Path
 
+import grpc
 import structlog
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
 from agentd.api import snapshot
 from agentd.api.audit import AuditLog
@@ -21,9 +22,11 @@ from agentd.api.peercred import TokenRegistry
 from agentd.api.ratelimit import RateLimiter
 from agentd.api.reader import ReaderSpec
 from agentd.api.readers import ReaderPool, ReaderStartError
+from agentd.api.server import NODE_SERVICE_NAME
+from agentd.api.server import SERVICE_NAME as AGENT_SERVICE_NAME
 from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotPublisher
-from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, TcpServer
+from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, TcpServer, _CodeOnly
 from agentd.config import Config
 from agentd.control import Control
 from agentd.manager import Manager, NodeLimits
@@ -33,6 +36,10 @@ from agentd.scoring import Capacity, Predictor
 
 log = structlog.get_logger("agentd.api.node")
 
+#: The services whose health a reader answers from the snapshot (the ones the daemon
+#: sets: the unix server's, server.py).
+HEALTH_SERVICES = ("", AGENT_SERVICE_NAME, NODE_SERVICE_NAME)
+
 
 def _pid_capacity() -> int:
     try:
@@ -41,7 +48,35 @@ def _pid_capacity() -> int:
         return 32768  # the kernel's default pid_max
 
 
-def build_snapshot(service: NodeService, generation: int) -> NodeSnapshot:
+def health_statuses(servicer: health.HealthServicer) -> dict[str, int]:
+    """The status the daemon's HealthServicer has for each service it serves over
+    TCP (asked through its public Check; the ones it does not know are left out)."""
+    out = {}
+    for name in HEALTH_SERVICES:
+        probe = _CodeOnly()
+        response = servicer.Check(health_pb2.HealthCheckRequest(service=name), probe)
+        if probe.code is not grpc.StatusCode.NOT_FOUND:
+            out[name] = response.status
+    return out
+
+
+def _publish_health_changes(servicer: health.HealthServicer, publisher: SnapshotPublisher) -> None:
+    """Every status the daemon sets (SERVING once its socket serves, NOT_SERVING at
+    shutdown) makes the readers wait for the snapshot that has it, as a session
+    opened does: they answer health checks from snapshots (reader_health.py).
+    HealthServicer.enter_graceful_shutdown goes through `set` too."""
+    set_status = servicer.set
+
+    def set_and_publish(service: str, status: int) -> None:
+        set_status(service, status)
+        publisher.changed()
+
+    servicer.set = set_and_publish  # type: ignore[method-assign]
+
+
+def build_snapshot(
+    service: NodeService, generation: int, health_servicer: health.HealthServicer | None = None
+) -> NodeSnapshot:
     """What the reader processes answer from, as the daemon sees it now."""
     state = service.node_state()  # first: its resume token precedes what it shows
     room, stall = service.scoring_inputs()
@@ -54,6 +89,7 @@ def build_snapshot(service: NodeService, generation: int) -> NodeSnapshot:
         window=window().as_dict() if window is not None else {},
         published_at=time.time(),
         generation=generation,
+        health=health_statuses(health_servicer) if health_servicer is not None else {},
     )
 
 
@@ -132,10 +168,11 @@ class NodeApi:
         self.publisher = SnapshotPublisher(
             self.snapshots / "node.snapshot",
             ChangeCounter(self.snapshots / "generation", writer=True),
-            lambda generation: build_snapshot(service, generation),
+            lambda generation: build_snapshot(service, generation, health_servicer),
             service.manager.bus,
         )
         self.publisher.start()
+        _publish_health_changes(health_servicer, self.publisher)
         service.after_change = self.publisher.publish
         self.reservations.on_change = self.publisher.changed
         forward = directory / "forward.sock"

@@ -19,6 +19,7 @@ import pytest
 from conftest import require_cgroup_v1
 from node_api_support import NodeDaemon, free_port, node_daemon
 
+from agentd.api import reader_health
 from agentd.sdk.node import tls_channel
 from agentd.v1 import agent_pb2 as apb
 from agentd.v1 import node_pb2 as pb
@@ -85,19 +86,7 @@ def _listening_pids(port: int) -> set[int]:
 def _stubs(node: NodeDaemon, count: int, client: str = "kube") -> list:
     """`count` stubs on separate connections (grpc would otherwise share one), so
     that SO_REUSEPORT spreads them over the readers."""
-    stubs = []
-    for n in range(count):
-        channel = grpc.secure_channel(
-            node.address,
-            grpc.ssl_channel_credentials(
-                root_certificates=(node.certs / "ca.pem").read_bytes(),
-                private_key=(node.certs / f"client-{client}.key").read_bytes(),
-                certificate_chain=(node.certs / f"client-{client}.pem").read_bytes(),
-            ),
-            options=[("grpc.use_local_subchannel_pool", 1), ("test.connection", n)],
-        )
-        stubs.append(node_pb2_grpc.NodeServiceStub(channel))
-    return stubs
+    return [node_pb2_grpc.NodeServiceStub(channel) for channel in _channels(node, count, client)]
 
 
 def _wait_dead(pid: int) -> None:
@@ -325,3 +314,84 @@ def test_watchers_are_served_by_the_readers_with_nothing_lost(tmp_path: Path):
     finally:
         leftovers = node.daemon.cleanup()
         assert not leftovers, f"groups left behind: {leftovers}"
+
+
+def _channels(node: NodeDaemon, count: int, client: str = "kube") -> list[grpc.Channel]:
+    return [
+        grpc.secure_channel(
+            node.address,
+            grpc.ssl_channel_credentials(
+                root_certificates=(node.certs / "ca.pem").read_bytes(),
+                private_key=(node.certs / f"client-{client}.key").read_bytes(),
+                certificate_chain=(node.certs / f"client-{client}.pem").read_bytes(),
+            ),
+            options=[("grpc.use_local_subchannel_pool", 1), ("test.connection", n)],
+        )
+        for n in range(count)
+    ]
+
+
+def test_health_is_answered_by_the_readers_and_not_serving_when_the_daemon_stalls(node):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stubs = [health_pb2_grpc.HealthStub(channel) for channel in _channels(node, 4)]
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ("", "agentd.v1.NodeService", "agentd.v1.AgentService"):
+        for stub in stubs:
+            request = health_pb2.HealthCheckRequest(service=name)
+            assert stub.Check(request, timeout=TIMEOUT).status == serving
+    with pytest.raises(grpc.RpcError) as unknown:
+        stubs[0].Check(health_pb2.HealthCheckRequest(service="nope"), timeout=TIMEOUT)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    # A stopped daemon publishes no snapshot: its readers must not keep saying it
+    # serves (a forwarded check would hang instead; this one answers at once).
+    node.daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(reader_health.STALE_SECONDS + 0.5)
+        began = time.monotonic()
+        statuses = {s.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status for s in stubs}
+        assert statuses == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        assert time.monotonic() - began < 2  # answered by the readers, not the daemon
+    finally:
+        node.daemon.process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        statuses = {s.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status for s in stubs}
+        if statuses == {serving}:
+            break
+        time.sleep(0.1)
+    assert statuses == {serving}
+
+
+def test_repeated_scores_are_checked_per_call_and_garbage_is_refused(tmp_path: Path):
+    """A ScorePlacement answered from the readers' cache of whole answers still
+    goes through the caller's identity, rate limit and deadline on every call."""
+    require_cgroup_v1()
+    node = node_daemon(tmp_path, f"readers = {READERS}\nrate_limit = 0.5\nrate_burst = 4")
+    try:
+        request = pb.ScorePlacementRequest(
+            candidates=[pb.Candidate(id="c", intent=apb.Intent(resources=apb.Resources(cpu="0.1")))]
+        )
+        (kube,) = _stubs(node, 1)
+        codes = []
+        for _ in range(8):
+            try:
+                kube.ScorePlacement(request, timeout=TIMEOUT)
+                codes.append(None)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        assert codes[:4] == [None] * 4  # the burst; the later ones are cached answers
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[4:]
+        # An observer may score; its own bucket, the same (cached) answer.
+        (observer,) = _stubs(node, 1, "grafana")
+        assert observer.ScorePlacement(request, timeout=TIMEOUT).scores[0].candidate_id == "c"
+        # Bytes that are no ScorePlacementRequest: a precise refusal, the reader serves on.
+        (channel,) = _channels(node, 1, "grafana")
+        raw = channel.unary_unary("/agentd.v1.NodeService/ScorePlacement")
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw(b"\xff\xff\xff", timeout=TIMEOUT)
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert observer.ScorePlacement(request, timeout=TIMEOUT).scores
+    finally:
+        leftovers = node.daemon.cleanup()
+    assert not leftovers

@@ -114,3 +114,31 @@ def test_snapshots_go_to_a_private_tmpfs_directory_and_dead_daemons_are_cleaned(
     assert not made.exists()
     monkeypatch.setattr(snapshot, "SHARED_MEMORY", tmp_path / "no-tmpfs")
     assert snapshot.snapshot_directory(tmp_path / "fallback") == tmp_path / "fallback"
+
+
+def test_a_failed_build_is_retried_at_once_not_after_the_interval(tmp_path):
+    """A session closing while the snapshot is built (its tool calls are read after
+    the list of sessions) fails that build; readers are waiting for the change's
+    snapshot, so the next try must not wait out the period."""
+    built: list[int] = []
+    publisher, bus = _publisher(tmp_path, built, interval=60.0)
+    inner = publisher.build
+    failures = [1]
+
+    def racing_build(generation: int) -> NodeSnapshot:
+        if failures[0]:
+            failures[0] -= 1
+            raise LookupError("session 's1' not found")  # closed mid-build
+        return inner(generation)
+
+    publisher.start()
+    reader = SnapshotFile(publisher.path, ChangeCounter(tmp_path / "generation", writer=False))
+    publisher.build = racing_build
+    began = time.monotonic()
+    bus.publish(Event("s1", "", 0, "session_closed", {}))
+    while reader.stale() and time.monotonic() - began < 5:
+        time.sleep(0.001)
+    elapsed = time.monotonic() - began
+    assert not reader.stale() and failures == [0]
+    assert elapsed < 0.5  # at once (before: the interval, here 60 s)
+    publisher.stop()
