@@ -400,6 +400,12 @@ def main() -> int:
         default=["python", "native"],
         help="python (grpc.aio), native (C++, built on demand; bench/native_client.py)",
     )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the daemon's and readers' (info: the production default; debug records "
+        "cost CPU on every call, grpc's own included)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("api_load: needs root (the daemon creates cgroups)", file=sys.stderr)
@@ -419,6 +425,7 @@ def main() -> int:
         workdir,
         api=f"rate_limit = 0\nmax_watchers = {args.watchers + 8}\nreaders = {args.readers}",
         clients=[("scheduler", "bench"), ("observer", "watch")],
+        log_level=args.log_level,
     )
     context = multiprocessing.get_context("spawn")
     keys = [(w, c) for w in WORKLOADS if w in args.workloads for c in args.clients]
@@ -438,7 +445,8 @@ def main() -> int:
             f"{args.procs * args.concurrency} calls in flight over "
             f"{args.procs * args.connections} connections (Python: {args.procs} processes; "
             f"native: one, C++); daemon + {args.readers} reader processes; {args.watchers} "
-            f"watchers; {os.cpu_count()} CPUs; events generated meanwhile at ~20/s"
+            f"watchers; {os.cpu_count()} CPUs; events generated meanwhile at ~20/s; "
+            f"log level {args.log_level}"
         )
         with context.Pool(args.procs) as pool:
             for run in range(1, args.runs + 1):

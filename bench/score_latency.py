@@ -76,6 +76,11 @@ def main() -> int:
         action="store_true",
         help="both daemons without the interference collector ([collector] enabled = false)",
     )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the daemons' (info: the production default; debug records cost CPU per call)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("score_latency: needs root (the daemons create cgroups)", file=sys.stderr)
@@ -117,11 +122,13 @@ def main() -> int:
             api=f"rate_limit = 0\nreaders = {args.readers}",
             tables=f'[predictor]\nmodel = "{model_path}"\n'
             f'[prometheus]\nlisten = "127.0.0.1:{metrics_port}"\n{collector}',
+            log_level=args.log_level,
         ),
         "fallback": node_daemon(
             workdir / "fallback",
             api=f"rate_limit = 0\nreaders = {args.readers}",
             tables=collector,
+            log_level=args.log_level,
         ),
     }
     binary = None

@@ -25,7 +25,16 @@ from agentd.sdk.client import wait_for_socket
 
 
 class AgentdProcess:
-    def __init__(self, workdir: Path | None = None, config: str = "", root: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        config: str = "",
+        root: str = "",
+        log_level: str = "debug",
+    ) -> None:
+        """`log_level`: debug for tests (their failures print the log); benchmarks
+        pass the production default, info, since debug records cost CPU per call."""
+        self.log_level = log_level
         # Under /tmp with 0755 so that an unprivileged test client can reach the socket.
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="agentd-test-"))
         self.workdir.chmod(0o755)
@@ -56,7 +65,7 @@ class AgentdProcess:
                 "--log-format",
                 "json",
                 "--log-level",
-                "debug",
+                self.log_level,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

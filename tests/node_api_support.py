@@ -58,6 +58,7 @@ def node_daemon(
     tracking: str = "off",
     tables: str = "",
     clients: list[tuple[str, str]] = CLIENTS,
+    log_level: str = "debug",
 ) -> NodeDaemon:
     """`api`: more [api] lines; `tables`: more tables. Process tracking is off unless
     asked for: these tests are about the API, and without eBPF a daemon starts at once."""
@@ -68,6 +69,6 @@ def node_daemon(
         f'tls_key = "{certs}/server.key"\ntls_client_ca = "{certs}/ca.pem"\n{api}\n'
         f'[tracking]\nsource = "{tracking}"\n{tables}'
     )
-    daemon = AgentdProcess(config=config)
+    daemon = AgentdProcess(config=config, log_level=log_level)
     daemon.start()
     return NodeDaemon(daemon, certs, address)
