@@ -22,6 +22,7 @@ from agentd.api.peercred import TokenRegistry
 from agentd.api.ratelimit import RateLimiter
 from agentd.api.reader import ReaderSpec
 from agentd.api.readers import ReaderPool, ReaderStartError
+from agentd.api.reuseport import Balancer, BalanceUnavailable
 from agentd.api.server import NODE_SERVICE_NAME
 from agentd.api.server import SERVICE_NAME as AGENT_SERVICE_NAME
 from agentd.api.shared_ratelimit import SharedRateLimiter
@@ -126,6 +127,7 @@ class NodeApi:
         )
         self.tcp: TcpServer | None = None
         self.readers: ReaderPool | None = None
+        self.balancer: Balancer | None = None
         self.publisher: SnapshotPublisher | None = None
         self.snapshots = Path(cfg.daemon.state_dir) / "api-readers"
 
@@ -200,12 +202,34 @@ class NodeApi:
             max_watchers=api.max_watchers,
             event_history=api.event_history,
         )
-        self.readers = ReaderPool(api.readers, lambda fd: spec(ready_fd=fd))
+        self.balancer = self._balancer(api.readers)
+        fds = self.balancer.fds if self.balancer is not None else (-1, -1)
+        self.readers = ReaderPool(
+            api.readers,
+            lambda ready, slot: spec(
+                ready_fd=ready, slot=slot, balance_program_fd=fds[0], balance_sockets_fd=fds[1]
+            ),
+            inherited_fds=self.balancer.fds if self.balancer is not None else (),
+        )
         try:
             self.readers.start()
         except ReaderStartError as e:
             raise RuntimeError(str(e)) from None
         log.info("api.readers_listening", address=api.tcp_listen, pids=self.readers.pids)
+
+    @staticmethod
+    def _balancer(readers: int) -> Balancer | None:
+        """The readers' even spreading of connections (reuseport.py), or None: the
+        kernel's hash, said once in the log."""
+        if readers < 2:
+            return None
+        try:
+            balancer = Balancer.create(readers)
+        except BalanceUnavailable as e:
+            log.warning("api.readers_balance_unavailable", error=str(e), fallback="kernel hash")
+            return None
+        log.info("api.readers_balanced", readers=readers, policy="round robin")
+        return balancer
 
     def housekeeping(self) -> None:
         self.sampler.sample()
@@ -216,6 +240,9 @@ class NodeApi:
         self.service.stopping.set()
         if self.readers is not None:
             self.readers.stop()
+        if self.balancer is not None:
+            self.balancer.close()
+            self.balancer = None
         if self.tcp is not None:
             self.tcp.stop()
         if self.publisher is not None:

@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from agentd.api import reader_health
+from agentd.api import reader_health, reuseport
 from agentd.api.auth import Authenticator
 from agentd.api.event_tail import TAIL_METHOD, EventLog, decode_batch, decode_header
 from agentd.api.node_events import parse_token, token
@@ -102,6 +102,10 @@ class ReaderSpec:
     ready_fd: int  # written to once listening
     max_watchers: int = 128  # WatchNodeEvents streams this reader serves ([api] max_watchers)
     event_history: int = 16_384  # events its log keeps for watchers ([api] event_history)
+    slot: int = 0  # this reader's place among the readers (0..readers-1)
+    # reuseport.py's program and sockets map, inherited; -1: the kernel's hash.
+    balance_program_fd: int = -1
+    balance_sockets_fd: int = -1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -518,6 +522,7 @@ async def serve(spec: ReaderSpec) -> None:
     if server.add_secure_port(spec.address, credentials) == 0:
         raise OSError(f"cannot listen on {spec.address}")
     await server.start()
+    balance(spec)
     settle_heap()
     os.write(spec.ready_fd, b"1")
     os.close(spec.ready_fd)
@@ -526,6 +531,26 @@ async def serve(spec: ReaderSpec) -> None:
     await server.stop(1.0)
     tail.cancel()
     await forwarder.channel.close()
+
+
+def balance(spec: ReaderSpec) -> None:
+    """Join the daemon's even spreading of connections (reuseport.py) at this
+    reader's slot; without it the kernel's hash spreads them, as it would anyway."""
+    if spec.balance_program_fd < 0:
+        return
+    try:
+        reuseport.register(
+            spec.balance_program_fd,
+            spec.balance_sockets_fd,
+            spec.slot,
+            int(spec.address.rsplit(":", 1)[1]),
+        )
+    except reuseport.BalanceUnavailable as e:
+        log.warning("reader.balance_unavailable", slot=spec.slot, error=str(e))
+    finally:
+        # The group holds the program, the program the map: not ours to keep.
+        os.close(spec.balance_program_fd)
+        os.close(spec.balance_sockets_fd)
 
 
 def settle_heap() -> int:

@@ -37,11 +37,18 @@ class ReaderStartError(RuntimeError):
 
 
 class ReaderPool:
-    def __init__(self, count: int, spec: Callable[[int], ReaderSpec]) -> None:
-        """`spec(ready_fd)`: the spec of a reader that writes to `ready_fd` once
-        listening."""
+    def __init__(
+        self,
+        count: int,
+        spec: Callable[[int, int], ReaderSpec],
+        inherited_fds: tuple[int, ...] = (),
+    ) -> None:
+        """`spec(ready_fd, slot)`: the spec of the reader at `slot` that writes to
+        `ready_fd` once listening; `inherited_fds`: descriptors every reader gets
+        (reuseport.py's program and map)."""
         self.count = count
         self.spec = spec
+        self.inherited_fds = inherited_fds
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restarts = 0
         self._lock = threading.Lock()
@@ -67,10 +74,10 @@ class ReaderPool:
     def _start(self, slot: int) -> None:
         ready_read, ready_write = os.pipe()
         try:
-            spec = self.spec(ready_write)
+            spec = self.spec(ready_write, slot)
             process = subprocess.Popen(
                 [sys.executable, "-m", "agentd.api.reader", spec.to_json()],
-                pass_fds=(ready_write,),
+                pass_fds=(ready_write, *self.inherited_fds),
                 stdin=subprocess.DEVNULL,
             )
             os.close(ready_write)

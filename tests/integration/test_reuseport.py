@@ -1,0 +1,85 @@
+"""reuseport.py on the real kernel: the SK_REUSEPORT program spreads connections over
+a reuseport group's listeners in turn, and an empty slot (a listener gone) leaves
+the choice to the kernel's hash instead of refusing the connection."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from conftest import require_root
+
+from agentd.api import reuseport
+
+
+def _accepted(listeners: list[socket.socket]) -> list[int]:
+    """Connections waiting in each listener's queue (taken)."""
+    counts = []
+    for listener in listeners:
+        listener.setblocking(False)
+        taken = 0
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except BlockingIOError:
+                break
+            connection.close()
+            taken += 1
+        counts.append(taken)
+    return counts
+
+
+def _connect(port: int, count: int) -> None:
+    for _ in range(count):
+        # Completed by the kernel: the handshake needs no accept().
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+@pytest.fixture
+def group() -> Iterator[tuple[reuseport.Balancer, list[socket.socket], int]]:
+    require_root()
+    balancer = reuseport.Balancer.create(3)
+    listeners: list[socket.socket] = []
+    port = 0
+    for _ in range(3):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(("127.0.0.1", port))
+        port = listener.getsockname()[1]
+        listener.listen(64)
+        listeners.append(listener)
+    yield balancer, listeners, port
+    for listener in listeners:
+        listener.close()
+    balancer.close()
+
+
+def test_the_group_takes_connections_in_turn(group):
+    balancer, listeners, port = group
+    assert reuseport.listening_sockets(port) == [s.fileno() for s in listeners]
+    for slot, listener in enumerate(listeners):
+        reuseport.place(balancer.sockets_fd, slot, listener.fileno())
+    reuseport.attach(balancer.program_fd, listeners[1].fileno())  # any one: the group's
+    _connect(port, 12)
+    assert _accepted(listeners) == [4, 4, 4]
+
+
+def test_an_empty_slot_falls_back_to_the_kernels_hash(group):
+    balancer, listeners, port = group
+    # register() finds the first listener on the port; slots 1 and 2 stay empty.
+    assert reuseport.register(*balancer.fds, slot=0, port=port) == listeners[0].fileno()
+    _connect(port, 9)
+    counts = _accepted(listeners)
+    assert sum(counts) == 9  # none refused
+    assert counts[0] >= 3  # its own turns at least
+
+
+def test_register_without_a_listener_says_so():
+    require_root()
+    balancer = reuseport.Balancer.create(2)
+    try:
+        with pytest.raises(reuseport.BalanceUnavailable, match="no listening socket on port 1"):
+            reuseport.register(*balancer.fds, slot=0, port=1)
+    finally:
+        balancer.close()
