@@ -27,7 +27,7 @@ from agentd.api.server import NODE_SERVICE_NAME
 from agentd.api.server import SERVICE_NAME as AGENT_SERVICE_NAME
 from agentd.api.shared_ratelimit import SharedRateLimiter
 from agentd.api.snapshot import ChangeCounter, NodeSnapshot, SnapshotPublisher
-from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, TcpServer, _CodeOnly
+from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, CodeOnlyContext, TcpServer
 from agentd.config import Config
 from agentd.control import Control
 from agentd.manager import Manager, NodeLimits
@@ -54,7 +54,7 @@ def health_statuses(servicer: health.HealthServicer) -> dict[str, int]:
     TCP (asked through its public Check; the ones it does not know are left out)."""
     out = {}
     for name in HEALTH_SERVICES:
-        probe = _CodeOnly()
+        probe = CodeOnlyContext()
         response = servicer.Check(health_pb2.HealthCheckRequest(service=name), probe)
         if probe.code is not grpc.StatusCode.NOT_FOUND:
             out[name] = response.status

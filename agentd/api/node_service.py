@@ -37,6 +37,7 @@ from agentd.errors import (
     AgentdError,
     DeadlineExceededError,
     InvalidArgumentError,
+    NotFoundError,
     ResourceExhaustedError,
 )
 from agentd.events import Event
@@ -69,7 +70,7 @@ NODE_WIDE_PRINCIPAL = Principal(name="snapshot", role=Role.SCHEDULER, transport=
 
 Response = TypeVar("Response")
 #: A predictor whose inputs are unknown: its answers are never cached.
-_UNCACHEABLE = object()
+UNCACHEABLE_WINDOW = object()
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Watch:
         return self.who.may_see(event.owner_uid)
 
 
-def _check_deadline(context: grpc.ServicerContext) -> None:
+def check_deadline(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise DeadlineExceededError("the call's deadline passed before the work was done")
@@ -170,7 +171,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         try:
             principal = self.principal(context)
             self.limiter.take(principal.key)
-            _check_deadline(context)
+            check_deadline(context)
             principal.check_allowed(name)
             result = method(self, principal, request, context)
         except AgentdError as e:
@@ -241,7 +242,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # scored. The window is the predictor's, taken before predicting; answers
         # predicted from another one (it turned over meanwhile) are not kept.
         window = self._prediction_window()
-        cacheable = window is not _UNCACHEABLE
+        cacheable = window is not UNCACHEABLE_WINDOW
         answers = (
             self.score_cache.answers((room, stall, self.capacity), (self.predictor, window))
             if cacheable
@@ -260,7 +261,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         FROM_ENTRY.inc(len(entries) - len(missing))
         if missing:
             self._fill(request, missing, entries, answers, cacheable, window, room, stall, context)
-        _check_deadline(context)
+        check_deadline(context)
         return pb.ScorePlacementResponse.FromString(b"".join(entries))
 
     def _fill(
@@ -321,11 +322,11 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         for n, prediction in zip(unknown, fresh, strict=True):
             predicted[keys[n]] = prediction
         predictions = [predicted[key] for key in keys]
-        _check_deadline(context)
+        check_deadline(context)
         out = []
         for n, (_, intent, budget) in enumerate(parsed):
             if n % 16 == 15:
-                _check_deadline(context)
+                check_deadline(context)
             prediction = predictions[n]
             result = score(Demand.of(intent, budget), room, self.capacity, stall, prediction)
             entry = pb.Score(
@@ -351,12 +352,12 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         """What the predictor's answers depend on besides the candidate: the node
         window it predicts from (PlacementPredictor.window(), one object per window),
         taken anew at most every PREDICTION_REFRESH_SECONDS (score_cache.py); None
-        without a predictor; _UNCACHEABLE for a predictor that does not say."""
+        without a predictor; UNCACHEABLE_WINDOW for a predictor that does not say."""
         if self.predictor is None:
             return None
         window = getattr(self.predictor, "window", None)
         if not callable(window):
-            return _UNCACHEABLE
+            return UNCACHEABLE_WINDOW
         if not self.score_cache.epoch_due(self.predictor):
             return self.score_cache.window
         return self.score_cache.epoch(self.predictor, window())
@@ -411,21 +412,21 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             except UnitError as e:
                 raise InvalidArgumentError("memory_high", str(e)) from None
         target = _target(request)
-        _check_deadline(context)
+        check_deadline(context)
         result = self.control.throttle(who.caller, target, cpu_max, memory_high, by=who.name)
         return pb.ThrottleResponse(result=_control_pb(result))
 
     @node_rpc
     def Freeze(self, who: Principal, request: pb.FreezeRequest, context: Any):
         target = _target(request)
-        _check_deadline(context)
+        check_deadline(context)
         result = self.control.freeze(who.caller, target, by=who.name)
         return pb.FreezeResponse(result=_control_pb(result))
 
     @node_rpc
     def Resume(self, who: Principal, request: pb.ResumeRequest, context: Any):
         target = _target(request)
-        _check_deadline(context)
+        check_deadline(context)
         result = self.control.resume(who.caller, target, by=who.name)
         return pb.ResumeResponse(result=_control_pb(result))
 
@@ -434,7 +435,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         target = _target(request)
         if len(request.reason) > 1024:
             raise InvalidArgumentError("reason", "is longer than 1024 characters")
-        _check_deadline(context)
+        check_deadline(context)
         result = self.control.evict(who.caller, target, request.reason, by=who.name)
         if not target.tool_call_id and self.on_session_evicted is not None:
             self.on_session_evicted(target.session_id)
@@ -593,7 +594,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         try:
             batch = getattr(self.predictor, "predict_many", None)
             if batch is not None:
-                if window is None or window is _UNCACHEABLE:
+                if window is None or window is UNCACHEABLE_WINDOW:
                     return list(batch(items))
                 return list(batch(items, window))
             return [self.predictor(intent, budget) for intent, budget in items]
@@ -614,10 +615,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         with contextlib.suppress(CgroupError):  # closed meanwhile: no usage then
             view.usage.CopyFrom(convert.usage_to_pb(self.manager.session_usage(s)))
         if with_tool_calls:
-            view.tool_calls.extend(
-                self._tool_call_pb(t)
-                for t in self.manager.list_tool_calls(who.caller, s.id, include_ended=False)
-            )
+            # Closed since the sessions were listed: shown as listed, with no tool calls
+            # (they ended with it), not left out. The sessions are the state as of the
+            # listing, whose close a watcher from the resume token gets as an event, and
+            # the same with or without tool calls (readers strip them from one snapshot).
+            with contextlib.suppress(NotFoundError):
+                view.tool_calls.extend(
+                    self._tool_call_pb(t)
+                    for t in self.manager.list_tool_calls(who.caller, s.id, include_ended=False)
+                )
         return view
 
     def _tool_call_pb(self, t: ToolCall) -> agent_pb2.ToolCall:

@@ -41,7 +41,7 @@ from agentd.api import reader_health, reuseport
 from agentd.api.auth import Authenticator
 from agentd.api.event_tail import TAIL_METHOD, EventLog, decode_batch, decode_header
 from agentd.api.node_events import parse_token, token
-from agentd.api.node_service import _UNCACHEABLE, NodeService, _check_deadline, node_rpc
+from agentd.api.node_service import UNCACHEABLE_WINDOW, NodeService, check_deadline, node_rpc
 from agentd.api.peercred import TokenRegistry
 from agentd.api.score_cache import ScoreCache
 from agentd.api.shared_ratelimit import SharedRateLimiter
@@ -155,7 +155,7 @@ class ReaderNodeService(NodeService):
         cached. Whole answers are kept in it too, by the request's bytes."""
         room, stall = self.scoring_inputs()
         window = self._prediction_window()
-        if window is _UNCACHEABLE:
+        if window is UNCACHEABLE_WINDOW:
             return None
         return self.score_cache.answers((room, stall, self.capacity), (self.predictor, window))
 
@@ -171,7 +171,7 @@ class ReaderNodeService(NodeService):
         try:
             who = self.principal(context)
             self.limiter.take(who.key)
-            _check_deadline(context)
+            check_deadline(context)
             who.check_allowed(name)
         except AgentdError as e:
             return to_status(e)

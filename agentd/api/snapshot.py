@@ -165,9 +165,10 @@ class SnapshotPublisher:
                 failures += 1
                 log.exception("snapshot.publish_failed", failures=failures)
                 # Readers wait (up to reader.FRESH_WAIT_SECONDS) for the snapshot of
-                # a change: try again at once. The usual failure is a race with that
+                # a change: try again at once. The usual failure was a race with that
                 # change itself (a session closed between the list of sessions and
-                # the read of its tool calls); sleeping the whole interval after it
+                # the read of its tool calls: now shown without them, node_service.py
+                # _session_view); sleeping the whole interval after it
                 # made every such wait time out, the p99 of ScorePlacement through
                 # the readers (~100 ms). Only a build that keeps failing backs off.
                 self._dirty.set()

@@ -46,7 +46,7 @@ WATCH_POLL_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 30.0
 
 
-class _CodeOnly:
+class CodeOnlyContext:
     """Enough of a ServicerContext for HealthServicer.Check outside a call."""
 
     code: grpc.StatusCode | None = None
@@ -74,7 +74,7 @@ class AioHealth(health_pb2_grpc.HealthServicer):
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
-            probe = _CodeOnly()
+            probe = CodeOnlyContext()
             status = self.servicer.Check(request, probe).status
             if probe.code is grpc.StatusCode.NOT_FOUND:
                 status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN

@@ -240,10 +240,10 @@ class _Context:
 def test_no_work_once_the_deadline_has_passed():
     # A client-side check cannot show this (a 1 us deadline may still get an answer
     # before the client's timer fires): the server's own check is tested here.
-    from agentd.api.node_service import _check_deadline
+    from agentd.api.node_service import check_deadline
     from agentd.errors import DeadlineExceededError
 
-    _check_deadline(_Context(None))  # no deadline
-    _check_deadline(_Context(0.5))
+    check_deadline(_Context(None))  # no deadline
+    check_deadline(_Context(0.5))
     with pytest.raises(DeadlineExceededError):
-        _check_deadline(_Context(0.0))
+        check_deadline(_Context(0.0))
