@@ -41,6 +41,9 @@ import native_client
 
 TARGET_CALLS_PER_SECOND = 2000
 TARGET_P99_MS = 10.0
+#: Open loop (--rate): calls outstanding at most; one due while all are is sent when
+#: one comes back, still timed from when it was due.
+OPEN_LOOP_OUTSTANDING = 256
 SCORED_CANDIDATES = 4
 WORKLOADS = ("score", "state", "health")
 METHOD_PATHS = {
@@ -300,6 +303,8 @@ def run_workload(
     (one process, the same calls in flight and connections in all)."""
     start_at = time.time() + 2.0  # every process connected and waiting (busy host)
     in_flight, connections = args.procs * args.concurrency, args.procs * args.connections
+    if args.rate > 0:
+        in_flight = OPEN_LOOP_OUTSTANDING
     if client == "native":
         assert native is not None
         from agentd.v1 import node_pb2 as pb
@@ -317,6 +322,7 @@ def run_workload(
             start_at,
             args.seconds,
             workdir,
+            rate=args.rate,
         )
     else:
         jobs = [
@@ -401,12 +407,22 @@ def main() -> int:
         help="python (grpc.aio), native (C++, built on demand; bench/native_client.py)",
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="native client only: an open loop of this many calls a second on a fixed "
+        "schedule, each timed from when it was due (0: closed loop, --procs x "
+        "--concurrency always in flight, the most the server does)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         help="the daemon's and readers' (info: the production default; debug records "
         "cost CPU on every call, grpc's own included)",
     )
     args = parser.parse_args()
+    if args.rate > 0 and args.clients != ["native"]:
+        parser.error("--rate needs --clients native (the Python client is closed loop)")
     if os.geteuid() != 0:
         print("api_load: needs root (the daemon creates cgroups)", file=sys.stderr)
         return 2
@@ -442,7 +458,13 @@ def main() -> int:
         generator.start()
         print(
             f"{args.runs} runs x {len(keys)} workloads x {args.seconds:g} s; "
-            f"{args.procs * args.concurrency} calls in flight over "
+            + (
+                f"open loop at {args.rate:g} calls/s (at most {OPEN_LOOP_OUTSTANDING} "
+                "outstanding, timed from when due)"
+                if args.rate > 0
+                else f"{args.procs * args.concurrency} calls in flight"
+            )
+            + " over "
             f"{args.procs * args.connections} connections (Python: {args.procs} processes; "
             f"native: one, C++); daemon + {args.readers} reader processes; {args.watchers} "
             f"watchers; {os.cpu_count()} CPUs; events generated meanwhile at ~20/s; "
@@ -532,7 +554,9 @@ def main() -> int:
                 and total_errors == 0
             )
             print(
-                f"target ({client} client; >= {TARGET_CALLS_PER_SECOND} ScorePlacement/s with "
+                f"target ({client} client, "
+                + (f"open loop at {args.rate:g}/s" if args.rate > 0 else "closed loop")
+                + f"; >= {TARGET_CALLS_PER_SECOND} ScorePlacement/s with "
                 f"p99 < {TARGET_P99_MS:g} ms; every watcher gets every event; no errors): "
                 f"{'met' if met else 'NOT met'} (median {rate:.0f}/s, p99 {p99:.2f} ms)"
             )

@@ -76,9 +76,13 @@ def start(
     start_at: float,
     seconds: float,
     workdir: Path,
+    rate: float = 0.0,
 ) -> subprocess.Popen[str]:
     """Start a closed-loop run of `in_flight` calls over `connections`
-    connections, beginning at the epoch time `start_at`; `collect` its result."""
+    connections, beginning at the epoch time `start_at`; `collect` its result.
+    With `rate`, an open-loop run instead: `rate` calls a second on a fixed
+    schedule, at most `in_flight` outstanding, each timed from when it was due
+    (unary_load.cc)."""
     request_file = workdir / f"{method.rsplit('/', 1)[-1]}.req"
     request_file.write_bytes(request)
     return subprocess.Popen(
@@ -95,6 +99,7 @@ def start(
             f"{start_at:.6f}",
             f"{seconds:g}",
             str(workdir / "native"),
+            *([f"{rate:g}"] if rate > 0 else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
