@@ -197,6 +197,7 @@ class Watchers:
 
     def __init__(self, address: str, certs: Path, count: int) -> None:
         self.received: list[list[tuple[int, str]]] = [[] for _ in range(count)]
+        self.failures: dict[int, str] = {}  # none seen: the aio streams end quietly
         self.calls: list[Any] = []
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -232,6 +233,68 @@ class Watchers:
         for call in self.calls:
             self.loop.call_soon_threadsafe(call.cancel)
         self.thread.join(timeout=30)
+
+    def client_cpu_seconds(self) -> float:
+        return 0.0  # a thread of this process: in its CPU
+
+    def summary(self) -> str:
+        return "in the bench process (grpc.aio)"
+
+
+class NativeWatchers:
+    """The same streams from the native watcher client (bench/native/watch_load.cc,
+    one channel, one thread), a process of its own; `stop` decodes what each received."""
+
+    def __init__(self, binary: Path, address: str, certs: Path, count: int, workdir: Path) -> None:
+        from agentd.sdk.node import tls_channel
+        from agentd.v1 import node_pb2 as pb
+        from agentd.v1 import node_pb2_grpc
+
+        with tls_channel(
+            address, certs / "ca.pem", certs / "client-watch.pem", certs / "client-watch.key"
+        ) as channel:
+            stub = node_pb2_grpc.NodeServiceStub(channel)
+            token = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=10).resume_token
+        self.client = native_client.WatchClient(
+            binary,
+            address,
+            certs,
+            "watch",
+            "/agentd.v1.NodeService/WatchNodeEvents",
+            pb.WatchNodeEventsRequest(resume_token=token).SerializeToString(),
+            count,
+            workdir,
+        )
+        self.received: list[list[tuple[int, str]]] = []
+        self.failures: dict[int, str] = {}
+        self.result: native_client.WatchResult | None = None
+
+    def client_cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.client.pid)
+
+    def stop(self) -> None:
+        from agentd.v1 import node_pb2 as pb
+
+        self.result = self.client.stop()
+        self.failures = self.result.failures()
+        decoded: dict[bytes, tuple[int, str]] = {}  # the streams get the same bytes
+        for messages in self.result.messages:
+            got = []
+            for message in messages:
+                if message not in decoded:
+                    event = pb.WatchNodeEventsResponse.FromString(message).event
+                    decoded[message] = (event.kind, event.session_id)
+                got.append(decoded[message])
+            self.received.append(got)
+
+    def summary(self) -> str:
+        assert self.result is not None
+        received = sum(len(m) for m in self.result.messages)
+        return (
+            f"native client, {self.result.cpu_seconds:.2f} CPU s while watching, "
+            f"{self.result.cpu_seconds / max(received, 1) * 1e6:.1f} us per message "
+            f"received ({received})"
+        )
 
 
 def generate_events(socket: str, stop: threading.Event, generated: list[tuple[int, str]]) -> None:
@@ -415,6 +478,13 @@ def main() -> int:
         "--concurrency always in flight, the most the server does)",
     )
     parser.add_argument(
+        "--watchers-client",
+        choices=("python", "native"),
+        help="the watchers' client: python (grpc.aio streams in a thread of this process) "
+        "or native (C++, one process; bench/native/watch_load.cc); default native when "
+        "it builds",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         help="the daemon's and readers' (info: the production default; debug records "
@@ -433,6 +503,17 @@ def main() -> int:
         except native_client.NativeClientUnavailable as e:
             print(f"api_load: no native client ({e}); Python client only", file=sys.stderr)
             args.clients = [c for c in args.clients if c != "native"]
+    watch_binary: Path | None = None
+    if args.watchers_client != "python":
+        try:
+            watch_binary = native_client.build("watch_load")
+            args.watchers_client = "native"
+        except native_client.NativeClientUnavailable as e:
+            if args.watchers_client == "native":
+                print(f"api_load: no native watcher client ({e})", file=sys.stderr)
+                return 2
+            print(f"api_load: no native watcher client ({e}); Python watchers", file=sys.stderr)
+            args.watchers_client = "python"
 
     from node_api_support import node_daemon
 
@@ -448,8 +529,17 @@ def main() -> int:
     results: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in keys}
     loads: list[tuple[float, float, float]] = []
     background: list[float] = []  # server cores used with no calls, per run
+    # The bench process's and the watcher client's cores over each run: the load
+    # generator's own cost (besides the unary clients), on the cores the server uses.
+    client_side: list[tuple[float, float]] = []
     try:
-        watchers = Watchers(node.address, node.certs, args.watchers)
+        watchers: Watchers | NativeWatchers
+        if watch_binary is not None:
+            watchers = NativeWatchers(
+                watch_binary, node.address, node.certs, args.watchers, workdir
+            )
+        else:
+            watchers = Watchers(node.address, node.certs, args.watchers)
         stop = threading.Event()
         generated: list[tuple[int, str]] = []
         generator = threading.Thread(
@@ -467,12 +557,14 @@ def main() -> int:
             + " over "
             f"{args.procs * args.connections} connections (Python: {args.procs} processes; "
             f"native: one, C++); daemon + {args.readers} reader processes; {args.watchers} "
-            f"watchers; {os.cpu_count()} CPUs; events generated meanwhile at ~20/s; "
+            f"{args.watchers_client} watchers; {os.cpu_count()} CPUs; events generated "
+            "meanwhile at ~20/s; "
             f"log level {args.log_level}"
         )
         with context.Pool(args.procs) as pool:
             for run in range(1, args.runs + 1):
                 line = [f"run {run:2d}"]
+                run_began = (time.monotonic(), time.process_time(), watchers.client_cpu_seconds())
                 background.append(background_cores(node.daemon.process.pid))
                 # Rotate the order so that no workload always runs first.
                 order = keys[run % len(keys) :] + keys[: run % len(keys)]
@@ -491,13 +583,27 @@ def main() -> int:
                         + (f" ({r['errors']:.0f} errors)" if r["errors"] else "")
                     )
                 loads.append(os.getloadavg())
-                line.append(f"idle server {background[-1]:.2f} cores | load {loads[-1][0]:.1f}")
+                wall = time.monotonic() - run_began[0]
+                client_side.append(
+                    (
+                        (time.process_time() - run_began[1]) / wall,
+                        (watchers.client_cpu_seconds() - run_began[2]) / wall,
+                    )
+                )
+                line.append(
+                    f"idle server {background[-1]:.2f} cores | bench {client_side[-1][0]:.2f}"
+                    f"+watchers {client_side[-1][1]:.2f} cores | load {loads[-1][0]:.1f}"
+                )
                 print(" | ".join(line), flush=True)
         stop.set()
         generator.join()
         time.sleep(2.0)  # the last events reach every watcher
         watchers.stop()
-        complete = sum(1 for got in watchers.received if got[: len(generated)] == generated)
+        complete = sum(
+            1
+            for n, got in enumerate(watchers.received)
+            if got[: len(generated)] == generated and n not in watchers.failures
+        )
         print()
         print("median [min-max] over runs:")
         for key in keys:
@@ -542,6 +648,17 @@ def main() -> int:
         print(
             f"  watchers: {complete}/{args.watchers} received all {len(generated)} "
             "generated events in order"
+            + "".join(f"; stream {n} ended: {status}" for n, status in watchers.failures.items())
+        )
+        bench_cores = [b for b, _ in client_side]
+        watcher_cores = [w for _, w in client_side]
+        together = [b + w for b, w in client_side]
+        print(
+            f"  load generator CPU besides the unary clients ({args.watchers_client} "
+            f"watchers): {statistics.median(together):.3f} cores [{min(together):.3f}-"
+            f"{max(together):.3f}] = bench process {statistics.median(bench_cores):.3f} + "
+            f"watcher client {statistics.median(watcher_cores):.3f}; watchers "
+            f"{watchers.summary()}"
         )
         for client in args.clients:
             rows = results.get(("score", client), [])

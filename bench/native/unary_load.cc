@@ -21,36 +21,22 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-namespace {
+#include "common.h"
 
-std::string slurp(const char* path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+namespace {
 
 double epoch_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-double cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
-         u.ru_stime.tv_usec / 1e6;
 }
 
 // One call in flight: its own context, response and status, reused for the next.
@@ -77,14 +63,6 @@ void start_call(Slot& slot, grpc::GenericStub& stub, const std::string& method,
   slot.reader->Finish(&slot.response, &slot.status, &slot);
 }
 
-std::string bytes_of(grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string out;
-  if (!buffer.Dump(&slices).ok()) return out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
-
 }  // namespace
 
 struct Outcome {
@@ -94,7 +72,7 @@ struct Outcome {
 
   void record(Slot& slot, bool ok) {
     const auto done = std::chrono::steady_clock::now();
-    std::string body = ok && slot.status.ok() ? bytes_of(slot.response) : std::string();
+    std::string body = ok && slot.status.ok() ? bench::bytes_of(slot.response) : std::string();
     if (body.empty()) {
       ++errors;  // a non-OK status, or no response at all
     } else {
@@ -147,13 +125,8 @@ int main(int argc, char** argv) {
   const std::string address = argv[1], method = argv[5], out = argv[11];
   const int threads = std::stoi(argv[7]), connections = std::stoi(argv[8]);  // threads: in flight
   const double start_at = std::stod(argv[9]), seconds = std::stod(argv[10]);
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = slurp(argv[2]);
-  tls.pem_cert_chain = slurp(argv[3]);
-  tls.pem_private_key = slurp(argv[4]);
-  const std::string payload = slurp(argv[6]);
-  grpc::Slice slice(payload);
-  const grpc::ByteBuffer request(&slice, 1);
+  const auto credentials = bench::tls_credentials(argv[2], argv[3], argv[4]);
+  const grpc::ByteBuffer request = bench::buffer_of(bench::slurp(argv[6]));
 
   // One HTTP/2 connection per channel (a distinct channel argument keeps grpc from
   // sharing the subchannel), so that SO_REUSEPORT listeners each get some.
@@ -162,7 +135,7 @@ int main(int argc, char** argv) {
     grpc::ChannelArguments args;
     args.SetInt("agentd.bench.connection", c);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
+    auto channel = grpc::CreateCustomChannel(address, credentials, args);
     if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
       std::fprintf(stderr, "unary_load: cannot connect to %s\n", address.c_str());
       return 1;
@@ -186,7 +159,7 @@ int main(int argc, char** argv) {
     }
   }
   while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::microseconds(500));
-  const double cpu_began = cpu_seconds();
+  const double cpu_began = bench::cpu_seconds();
   if (rate > 0) {
     open_loop(stubs, method, request, cq, rate, seconds, outcome);
   } else {
@@ -211,7 +184,7 @@ int main(int argc, char** argv) {
       }
     }
   }
-  const double cpu = cpu_seconds() - cpu_began;
+  const double cpu = bench::cpu_seconds() - cpu_began;
   cq.Shutdown();
   {
     void* tag = nullptr;
