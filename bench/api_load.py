@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -681,6 +682,8 @@ def main() -> int:
         leftovers = node.daemon.cleanup()
         if leftovers:
             print(f"api_load: groups left behind: {leftovers}", file=sys.stderr)
+        # Certificates, requests, latencies and the watchers' dumps (MBs per run).
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

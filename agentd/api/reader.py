@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from agentd.api import reader_health, reuseport
 from agentd.api.auth import Authenticator
+from agentd.api.decode import checked_aio
 from agentd.api.event_tail import TAIL_METHOD, EventLog, decode_batch, decode_header
 from agentd.api.node_events import parse_token, token
 from agentd.api.node_service import UNCACHEABLE_WINDOW, NodeService, check_deadline, node_rpc
@@ -293,6 +294,8 @@ class ReaderHandler(grpc.GenericRpcHandler):
         self.local[reader_health.CHECK_METHOD] = reader_health.check_handler(
             service.snapshots, fresh
         )
+        # Undecodable requests: INVALID_ARGUMENT, as on the daemon (decode.py).
+        self.local = {method: checked_aio(h) for method, h in self.local.items()}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails

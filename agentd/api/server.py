@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentd.api.agent_service import AgentService
+from agentd.api.decode import DecodeInterceptor
 from agentd.api.node_service import NodeService
 from agentd.api.peercred import CredentialServer, TokenRegistry
 from agentd.credproto import cred_socket_path
@@ -51,7 +52,7 @@ class UnixServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=[ApiMetricsInterceptor("unix")],
+            interceptors=[ApiMetricsInterceptor("unix"), DecodeInterceptor()],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(service, self.server)
         services = [SERVICE_NAME]

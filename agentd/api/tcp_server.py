@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agentd.api.decode import AioDecodeInterceptor
 from agentd.api.event_tail import TAIL_METHOD, serve_tail
 from agentd.api.node_service import NodeService
 from agentd.api.node_service_aio import AioNodeService
@@ -171,7 +172,7 @@ class TcpServer:
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=[AioApiMetricsInterceptor("tcp")],
+            interceptors=[AioApiMetricsInterceptor("tcp"), AioDecodeInterceptor()],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(self._aio_service, server)
         if self.forward_socket is not None:

@@ -637,3 +637,34 @@ def test_malformed_and_oversized_requests_are_refused_precisely(node):
     )
     assert details_of(error)[0].field_violations[0].field == "cpu_max"
     assert scheduler.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.node_name
+
+
+def test_undecodable_requests_get_invalid_argument_naming_the_message(node):
+    """Bytes that are not the method's message (decode.py): INVALID_ARGUMENT with the
+    message expected, not grpc's UNKNOWN/INTERNAL; over TCP (daemon or readers, local
+    or forwarded methods, unary or streaming) and on the unix socket."""
+    garbage = b"\xff\xff\xff"  # a truncated varint: no message parses it
+    channel = node.channel("kube")
+    calls = {
+        "GetNodeState": channel.unary_unary("/agentd.v1.NodeService/GetNodeState"),
+        "Admit": channel.unary_unary("/agentd.v1.NodeService/Admit"),
+        "Throttle": channel.unary_unary("/agentd.v1.NodeService/Throttle"),
+        "WatchNodeEvents": lambda data, timeout: next(
+            iter(
+                channel.unary_stream("/agentd.v1.NodeService/WatchNodeEvents")(
+                    data, timeout=timeout
+                )
+            )
+        ),
+    }
+    unix = grpc.insecure_channel(f"unix:{node.daemon.socket}")
+    calls["CreateSession"] = unix.unary_unary("/agentd.v1.AgentService/CreateSession")
+    for method, call in calls.items():
+        error = error_of(lambda call=call: call(garbage, timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, error)
+        (bad,) = details_of(error)
+        violation = bad.field_violations[0]
+        assert violation.field == "request", method
+        assert violation.description == f"is not a agentd.v1.{method}Request", method
+    unix.close()
+    assert node.stub().GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.node_name
