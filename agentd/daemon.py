@@ -337,6 +337,8 @@ class Daemon:
         except (OSError, RuntimeError) as e:
             log.error("daemon.tcp_unusable", address=cfg.api.tcp_listen, error=str(e))
             return 1
+        if node_api.publisher is not None:
+            service.before_reply = node_api.publisher.before_reply
         server.start()
         log.info("daemon.ready", socket=socket_path, **recovered)
         self.notifier.ready(

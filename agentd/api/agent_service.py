@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import signal
@@ -74,7 +75,8 @@ def rpc(method: Callable[..., Response]) -> Callable[..., Response]:
                 )
             )
         try:
-            return method(self, caller, request, context)
+            with self.before_reply():
+                return method(self, caller, request, context)
         except AgentdError as e:
             context.abort_with_status(to_status(e))
         except Exception as e:
@@ -101,6 +103,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
         # Set by the daemon when NodeService runs: CreateSession may use a reservation.
         self.reservations: Reservations | None = None
         self.stopping = threading.Event()  # ends Watch streams at shutdown
+        # Set by the daemon when reader processes serve NodeService: a session opened
+        # or closed is in their snapshot before the reply (SnapshotPublisher).
+        self.before_reply: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
         self._watch_lock = threading.Lock()
         self._watches: dict[int, int] = {}  # uid -> open Watch streams
 

@@ -36,6 +36,7 @@ _U64 = struct.Struct("<Q")
 _RECORD = struct.Struct("<QI")
 #: How often an idle tail looks at whether the daemon is stopping.
 IDLE_CHECK_SECONDS = 0.5
+HELD_POLL_SECONDS = 0.001
 BATCH_LIMIT = 1024
 
 
@@ -84,14 +85,19 @@ async def serve_tail(
         events, lost = bus.read_after(cursor, timeout=0, limit=BATCH_LIMIT)
         if lost:
             cursor += lost
+        # Not past an event whose snapshot is not out yet (SnapshotPublisher.before_reply).
+        visible = service.events_visible(events[-1].seq) if events else cursor
+        held = bool(events) and visible < events[-1].seq
         records = []
-        for event in events:
+        for event in (e for e in events if e.seq <= visible):
             cursor = event.seq
             response = service.response_of(event)
             records.append((event.seq, b"" if response is None else response.SerializeToString()))
         if records or lost:
             yield encode_batch(lost, records)
-        else:
+        if held:
+            await asyncio.sleep(HELD_POLL_SECONDS)  # a build: about a millisecond
+        elif not (records or lost):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), IDLE_CHECK_SECONDS)
 

@@ -176,6 +176,7 @@ class NodeApi:
         self.publisher.start()
         _publish_health_changes(health_servicer, self.publisher)
         service.after_change = self.publisher.publish
+        service.events_visible = self.publisher.visible_seq
         self.reservations.on_change = self.publisher.changed
         forward = directory / "forward.sock"
         snapshot.remove(forward)  # a previous run's

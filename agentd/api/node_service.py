@@ -151,6 +151,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # the reader processes' snapshot is republished (readers.py), so that a
         # scheduler's next score, on any process, sees its own reservation.
         self.after_change = after_change
+        # The last event the readers' tails may send of those up to `last` (the
+        # snapshot publisher holds back events whose snapshot is not out yet).
+        self.events_visible: Callable[[int], int] = lambda last: last
         self.stopping = threading.Event()  # ends watch streams at shutdown
         self._watch_lock = threading.Lock()
         self._watches: dict[str, int] = {}  # principal key -> open streams

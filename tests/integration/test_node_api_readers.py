@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from conftest import require_cgroup_v1
 from node_api_support import NodeDaemon, free_port, node_daemon
 
 from agentd.api import reader_health
+from agentd.api.snapshot import ChangeCounter, SnapshotFile
 from agentd.sdk.node import tls_channel
 from agentd.v1 import agent_pb2 as apb
 from agentd.v1 import node_pb2 as pb
@@ -438,3 +440,69 @@ def test_connections_are_spread_over_the_readers_in_turn_also_after_a_restart(no
         time.sleep(0.2)
     assert victim not in _readers(node) and len(_readers(node)) == READERS
     assert sorted(_spread(node, 10).values()) == [5, 5]
+
+
+def _published(node: NodeDaemon) -> tuple[int, set[str]]:
+    """The readers' change counter and the sessions in the published snapshot."""
+    (directory,) = Path("/dev/shm").glob(f"agentd-snapshot-{node.daemon.process.pid}-*")
+    counter = ChangeCounter(directory / "generation", writer=False)
+    state = SnapshotFile(directory / "node.snapshot", counter).state(with_tool_calls=False)
+    return counter.value(), {view.session.id for view in state.state.sessions}
+
+
+def test_a_session_change_is_in_the_readers_snapshot_before_its_reply(node):
+    """SnapshotPublisher.before_reply: CreateSession and CloseSession publish before
+    they answer, so no reader's call has to wait for the publisher thread (the
+    counter that makes readers wait does not move)."""
+    before, sessions = _published(node)
+    assert "before-reply" not in sessions
+    with node.daemon.client() as client:
+        session = client.session("before-reply", memory="16M")
+        try:
+            counter, sessions = _published(node)
+            assert "before-reply" in sessions and counter == before
+        finally:
+            session.close()
+        counter, sessions = _published(node)
+        assert "before-reply" not in sessions and counter == before
+
+
+def test_a_watcher_that_saw_a_session_open_finds_it_on_every_reader(node):
+    """The events of a change reach the readers' watchers only once its snapshot is
+    out: reading right after the event, on any reader, shows the session."""
+    watcher, *readers = _stubs(node, 3)  # in turn: the reads land on both readers
+    token = watcher.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).resume_token
+    watch = watcher.WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=token), timeout=60)
+    names = [f"seen-{n}" for n in range(8)]
+
+    opened_sessions = []
+    checked = threading.Semaphore(0)
+
+    def open_one_at_a_time() -> None:
+        with node.daemon.client() as client:
+            for name in names:
+                opened_sessions.append(client.session(name, memory="16M"))
+                checked.acquire(timeout=TIMEOUT)  # open while the reads look for it
+            for session in opened_sessions:
+                session.close()
+
+    churn = threading.Thread(target=open_one_at_a_time)
+    churn.start()
+    seen = []
+    try:
+        for response in watch:
+            event = response.event
+            if event.kind != pb.NODE_EVENT_KIND_SESSION_OPENED:
+                continue
+            for stub in readers:
+                state = stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state
+                opened = {view.session.id for view in state.sessions}
+                assert event.session_id in opened, (event.session_id, opened)
+            seen.append(event.session_id)
+            checked.release()
+            if len(seen) == len(names):
+                break
+    finally:
+        watch.cancel()
+        churn.join(timeout=60)
+    assert seen == names

@@ -16,6 +16,7 @@ from agentd.api.event_tail import (
     serve_tail,
 )
 from agentd.api.node_events import to_node_event
+from agentd.api.snapshot import ChangeCounter, SnapshotPublisher
 from agentd.events import Event, EventBus
 from agentd.v1 import node_pb2 as pb
 
@@ -26,6 +27,7 @@ class _Service:
     def __init__(self, bus: EventBus) -> None:
         self.manager = type("M", (), {"bus": bus})()
         self.stopping = threading.Event()
+        self.events_visible = lambda last: last
 
     def response_of(self, event: Event) -> pb.WatchNodeEventsResponse | None:
         msg = to_node_event(event, self.manager.bus.boot_id, lambda t: None)
@@ -93,6 +95,58 @@ def test_a_tail_resumed_past_the_daemons_ring_reports_the_loss():
     assert decode_header(header)[1] == 2
     lost, records = decode_batch(batch)
     assert lost == 4 and [seq for seq, _ in records] == [7, 8, 9, 10]
+
+
+def test_the_events_of_a_change_wait_for_its_snapshot(tmp_path):
+    """SnapshotPublisher.before_reply: a room event published inside is held from the
+    readers' tails until the snapshot with it is out, and the readers' counter does
+    not move (nobody waits for the publisher thread)."""
+    bus = EventBus()
+    service = _Service(bus)
+    counter = ChangeCounter(tmp_path / "generation", writer=True)
+    published: list[int] = []
+
+    def build(generation: int) -> dict[str, int]:
+        published.append(bus.last_seq)
+        return {"generation": generation}
+
+    publisher = SnapshotPublisher(tmp_path / "node.snapshot", counter, build, bus)
+    service.events_visible = publisher.visible_seq
+    replied = threading.Event()
+
+    def create_session() -> None:  # an AgentService thread
+        with publisher.before_reply():
+            bus.publish(Event("s1", "", 0, "session_opened", {}))
+            replied.wait(5)  # the work goes on; its snapshot is not out yet
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        frames: list[bytes] = []
+
+        async def tail() -> None:
+            async for frame in serve_tail(service, asyncio.Event, start=None):
+                frames.append(frame)
+
+        task = asyncio.create_task(tail())
+        await asyncio.sleep(0.05)  # the tail starts after event 0
+        worker = threading.Thread(target=create_session)
+        worker.start()
+        await asyncio.sleep(0.2)
+        while_held = list(frames)
+        replied.set()
+        await asyncio.to_thread(worker.join, 5)
+        for _ in range(100):
+            if len(frames) > len(while_held):
+                break
+            await asyncio.sleep(0.01)
+        service.stopping.set()
+        await asyncio.wait_for(task, 2)
+        return while_held, frames
+
+    while_held, frames = asyncio.run(run())
+    assert len(while_held) == 1  # the header only
+    assert published == [1]  # built once, at the end of the block, with event 1 in it
+    assert [seq for seq, _ in decode_batch(frames[1])[1]] == [1]
+    assert counter.value() == 0
 
 
 def test_the_log_covers_what_it_received_and_no_more():
