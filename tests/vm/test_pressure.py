@@ -134,7 +134,10 @@ def test_batch_throttled_frozen_resumed_while_interactive_runs(
     assert obs.interactive_rate_under_pressure > 0, obs
     records = journal(since=began)
     states = [r for r in records if r.get("event") == "pressure.state"]
-    assert [r["state"] for r in states][:3] == ["throttling", "freezing", "normal"], states
+    # In that order; a state may be logged again as its steps change (throttling 3 -> 1).
+    sequence = [r["state"] for r in states]
+    sequence = [x for i, x in enumerate(sequence) if i == 0 or x != sequence[i - 1]]
+    assert sequence[:3] == ["throttling", "freezing", "normal"], states
     # On v2 the sessions group's own PSI is sampled (per-group pressure).
     assert all("group_memory_psi" in r for r in states), states
     # The v2 memory.events of the sessions group are readable and no OOM kill happened.
