@@ -113,8 +113,8 @@ def start(
     """Start a closed-loop run of `in_flight` calls over `connections`
     connections, beginning at the epoch time `start_at`; `collect` its result.
     With `rate`, an open-loop run instead: `rate` calls a second on a fixed
-    schedule, at most `in_flight` outstanding, each timed from when it was due
-    (unary_load.cc)."""
+    schedule whatever the answers do (`in_flight` is not used then), each timed
+    from when it was due (unary_load.cc)."""
     return subprocess.Popen(
         [
             *_command(binary, address, certs, client, method, request, workdir),

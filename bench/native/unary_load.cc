@@ -14,8 +14,8 @@
 //
 // Without RATE (or 0): closed loop, IN_FLIGHT calls always in flight (the most the
 // server does). With RATE: open loop, RATE calls a second on a fixed schedule,
-// whatever the answers do (at most IN_FLIGHT outstanding; a call due while none is
-// free waits), each call's latency timed from when it was due, not from when it was
+// whatever the answers do (IN_FLIGHT is not used: each call has its own slot, none
+// waits for another), each call's latency timed from when it was due, not from when it was
 // sent: a server that falls behind shows it in the latencies instead of slowing the
 // load down (no coordinated omission).
 
