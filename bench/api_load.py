@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import native_client
+import slow_calls
 
 TARGET_CALLS_PER_SECOND = 2000
 TARGET_P99_MS = 10.0
@@ -358,7 +359,7 @@ def run_workload(
     background: float,
     native: Path | None,
     workdir: Path,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One closed-loop window of `workload` from the Python clients (--procs processes
     x --concurrency in flight over --connections channels each) or the native client
     (one process, the same calls in flight and connections in all)."""
@@ -409,6 +410,7 @@ def run_workload(
     if client == "native":
         got = native_client.collect(process, workdir, args.seconds + 60)
         latencies, errors, client_cpu = got.latencies, got.errors, got.cpu_seconds
+        slow = slow_calls.analyse(latencies, got.sent_ms, got.connections, TARGET_P99_MS)
         if workload == "state":
             response: Any = pb.GetNodeStateResponse.FromString(got.last_response)
         elif workload == "score":
@@ -424,6 +426,7 @@ def run_workload(
         latencies = [x for lat, _, _ in results for x in lat]
         errors = sum(e for _, e, _ in results)
         client_cpu = sum(cpu for _, _, cpu in results)
+        slow = None  # the Python clients keep no per-call record
     calls = max(len(latencies), 1)
     return {
         "rate": len(latencies) / args.seconds,
@@ -432,6 +435,7 @@ def run_workload(
         "errors": errors,
         "server_us": max(server_cpu - background * args.seconds, 0.0) / calls * 1e6,
         "client_us": client_cpu / calls * 1e6,
+        "slow": slow,
     }
 
 
@@ -576,6 +580,12 @@ def main() -> int:
                         f"{r['p99']:6.2f} ms cpu/call {r['server_us']:4.0f}+"
                         f"{r['client_us']:.0f} us"
                         + (f" ({r['errors']:.0f} errors)" if r["errors"] else "")
+                        + (
+                            f" slow {100 * r['slow'].slow / max(r['slow'].calls, 1):.1f}%"
+                            f"/{r['slow'].bursts} bursts"
+                            if r["slow"] is not None
+                            else ""
+                        )
                     )
                 loads.append(os.getloadavg())
                 wall = time.monotonic() - run_began[0]
@@ -615,6 +625,15 @@ def main() -> int:
                 print(
                     f"  {key[0]:6s} {key[1]:6s} {field:9s} {statistics.median(values):8.2f} "
                     f"[{min(values):.2f}-{max(values):.2f}] {unit}"
+                )
+        for key in keys:
+            # The run with the median p99: where its slow calls were, and when.
+            runs = sorted(results[key], key=lambda r: r["p99"])
+            middle = runs[len(runs) // 2]
+            if middle["slow"] is not None:
+                print(
+                    f"  {key[0]:6s} {key[1]:6s} slow calls (run with the median p99): "
+                    f"{middle['slow'].summary()}"
                 )
         for client in args.clients:
             if ("score", client) in results and ("health", client) in results:

@@ -94,6 +94,8 @@ class NativeResult:
     errors: int  # calls that ended with a non-OK status or an empty response
     cpu_seconds: float  # the client process's CPU over the window
     last_response: bytes  # for the caller to decode and check
+    sent_ms: list[float]  # with `latencies`: when each was sent (or due), from the start
+    connections: list[int]  # with `latencies`: each one's connection, 0..CONNECTIONS-1
 
 
 def start(
@@ -136,14 +138,16 @@ def collect(process: subprocess.Popen[str], workdir: Path, timeout: float) -> Na
     if process.returncode != 0:
         raise RuntimeError(f"the native client failed ({process.returncode}): {err.strip()}")
     calls, errors, cpu = out.split()
-    latencies = [float(x) for x in (workdir / "native.lat").read_text().split()]
-    assert len(latencies) == int(calls), "the native client's counts disagree"
+    rows = [line.split() for line in (workdir / "native.lat").read_text().splitlines()]
+    assert len(rows) == int(calls), "the native client's counts disagree"
     response = workdir / "native.resp"
     return NativeResult(
-        latencies,
+        [float(row[0]) for row in rows],
         int(errors),
         float(cpu),
         response.read_bytes() if response.exists() else b"",
+        [float(row[1]) for row in rows],
+        [int(row[2]) for row in rows],
     )
 
 

@@ -204,11 +204,15 @@ class NodeApi:
             event_history=api.event_history,
         )
         self.balancer = self._balancer(api.readers)
-        fds = self.balancer.fds if self.balancer is not None else (-1, -1)
+        fds = self.balancer.fds if self.balancer is not None else (-1, -1, -1)
         self.readers = ReaderPool(
             api.readers,
             lambda ready, slot: spec(
-                ready_fd=ready, slot=slot, balance_program_fd=fds[0], balance_sockets_fd=fds[1]
+                ready_fd=ready,
+                slot=slot,
+                balance_program_fd=fds[0],
+                balance_sockets_fd=fds[1],
+                balance_streaming_fd=fds[2],
             ),
             inherited_fds=self.balancer.fds if self.balancer is not None else (),
         )
@@ -229,7 +233,9 @@ class NodeApi:
         except BalanceUnavailable as e:
             log.warning("api.readers_balance_unavailable", error=str(e), fallback="kernel hash")
             return None
-        log.info("api.readers_balanced", readers=readers, policy="round robin")
+        log.info(
+            "api.readers_balanced", readers=readers, policy="in turn, readers without streams first"
+        )
         return balancer
 
     def housekeeping(self) -> None:

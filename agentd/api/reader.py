@@ -107,6 +107,7 @@ class ReaderSpec:
     # reuseport.py's program and sockets map, inherited; -1: the kernel's hash.
     balance_program_fd: int = -1
     balance_sockets_fd: int = -1
+    balance_streaming_fd: int = -1  # this reader marks itself there while it streams
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -333,6 +334,33 @@ class Tail:
             await asyncio.sleep(TAIL_RETRY_SECONDS)
 
 
+class StreamingMark:
+    """This reader's mark in the balancer's streaming map, set while it serves any
+    event stream: new connections then go to the readers that serve none, while
+    there is one (reuseport.py), so that a fan-out to many watchers (tens of
+    microseconds of this one loop per message) does not stall their calls.
+    Without the balancer (fd -1), nothing."""
+
+    def __init__(self, fd: int, slot: int) -> None:
+        self.fd = fd
+        self.slot = slot
+        self.streaming = False
+
+    def set(self, streaming: bool) -> None:
+        if streaming != self.streaming:
+            self.streaming = streaming
+            self.publish()
+
+    def publish(self) -> None:
+        """Write the mark as it is (also over a replaced reader's, at the start)."""
+        if self.fd < 0:
+            return
+        try:
+            reuseport.mark_streaming(self.fd, self.slot, self.streaming)
+        except reuseport.BalanceUnavailable as e:
+            log.warning("reader.streaming_mark_failed", slot=self.slot, error=str(e))
+
+
 class LocalWatches:
     """WatchNodeEvents from the reader's event log: same checks as the daemon's
     (identity from the certificate, rate limit, role, a bound on streams), the same
@@ -346,12 +374,14 @@ class LocalWatches:
         forwarder: Forwarder,
         event_log: EventLog,
         limit: int,
+        mark: StreamingMark | None = None,
     ) -> None:
         self.service = service
         self.forwarder = forwarder
         self.log = event_log
         self.limit = limit
         self.open = 0
+        self.mark = mark or StreamingMark(-1, 0)
         self._forward = forwarder.handler(WATCH_METHOD)
 
     async def _start(self, request: pb.WatchNodeEventsRequest) -> int | None:
@@ -389,6 +419,7 @@ class LocalWatches:
             await context.abort(status.code, status.details, status.trailing_metadata)
             return
         self.open += 1  # before any await: concurrent opens see each other
+        self.mark.set(True)
         try:
             cursor = await self._start(request)
             if cursor is None:
@@ -415,6 +446,8 @@ class LocalWatches:
                     await changed.wait()
         finally:
             self.open -= 1
+            if self.open == 0:
+                self.mark.set(False)
 
     def _forwarded(
         self, request: pb.WatchNodeEventsRequest, context: grpc.aio.ServicerContext
@@ -508,7 +541,8 @@ async def serve(spec: ReaderSpec) -> None:
     tail = asyncio.create_task(
         Tail(forwarder.channel, event_log).run(_snapshot_seq(service.snapshots))
     )
-    watches = LocalWatches(service, forwarder, event_log, spec.max_watchers)
+    mark = StreamingMark(spec.balance_streaming_fd, spec.slot)
+    watches = LocalWatches(service, forwarder, event_log, spec.max_watchers, mark)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", spec.max_request_bytes),
@@ -525,7 +559,7 @@ async def serve(spec: ReaderSpec) -> None:
     if server.add_secure_port(spec.address, credentials) == 0:
         raise OSError(f"cannot listen on {spec.address}")
     await server.start()
-    balance(spec)
+    balance(spec, mark)
     settle_heap()
     os.write(spec.ready_fd, b"1")
     os.close(spec.ready_fd)
@@ -536,9 +570,9 @@ async def serve(spec: ReaderSpec) -> None:
     await forwarder.channel.close()
 
 
-def balance(spec: ReaderSpec) -> None:
-    """Join the daemon's even spreading of connections (reuseport.py) at this
-    reader's slot; without it the kernel's hash spreads them, as it would anyway."""
+def balance(spec: ReaderSpec, mark: StreamingMark) -> None:
+    """Join the daemon's spreading of connections (reuseport.py) at this reader's
+    slot; without it the kernel's hash spreads them, as it would anyway."""
     if spec.balance_program_fd < 0:
         return
     try:
@@ -548,10 +582,12 @@ def balance(spec: ReaderSpec) -> None:
             spec.slot,
             int(spec.address.rsplit(":", 1)[1]),
         )
+        mark.publish()
     except reuseport.BalanceUnavailable as e:
         log.warning("reader.balance_unavailable", slot=spec.slot, error=str(e))
     finally:
-        # The group holds the program, the program the map: not ours to keep.
+        # The group holds the program, the program the maps: not ours to keep,
+        # but for the streaming map, which `mark` writes to.
         os.close(spec.balance_program_fd)
         os.close(spec.balance_sockets_fd)
 

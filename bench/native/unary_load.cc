@@ -9,8 +9,10 @@
 //
 // usage: unary_load ADDRESS CA CERT KEY METHOD REQUEST_FILE IN_FLIGHT CONNECTIONS
 //                   START_AT_EPOCH SECONDS OUT_PREFIX [RATE]
-// writes OUT_PREFIX.lat (one latency in ms per line), OUT_PREFIX.resp (the last
-// response), and prints "calls errors cpu_seconds" on stdout.
+// writes OUT_PREFIX.lat (a line per successful call: its latency in ms, when it was
+// sent or due in ms since the window began, and its connection's index),
+// OUT_PREFIX.resp (the last response), and prints "calls errors cpu_seconds" on
+// stdout.
 //
 // Without RATE (or 0): closed loop, IN_FLIGHT calls always in flight (the most the
 // server does). With RATE: open loop, RATE calls a second on a fixed schedule,
@@ -67,6 +69,9 @@ void start_call(Slot& slot, grpc::GenericStub& stub, const std::string& method,
 
 struct Outcome {
   std::vector<double> latencies;
+  std::vector<double> sent_at;  // ms since the window began, with `latencies`
+  std::vector<int> connection;  // with `latencies`
+  std::chrono::steady_clock::time_point window_began = std::chrono::steady_clock::now();
   long errors = 0;
   std::string last_response;
 
@@ -77,6 +82,9 @@ struct Outcome {
       ++errors;  // a non-OK status, or no response at all
     } else {
       latencies.push_back(std::chrono::duration<double, std::milli>(done - slot.began).count());
+      sent_at.push_back(
+          std::chrono::duration<double, std::milli>(slot.began - window_began).count());
+      connection.push_back(slot.connection);
       last_response.swap(body);
     }
   }
@@ -160,6 +168,7 @@ int main(int argc, char** argv) {
   }
   while (epoch_now() < start_at) std::this_thread::sleep_for(std::chrono::microseconds(500));
   const double cpu_began = bench::cpu_seconds();
+  outcome.window_began = std::chrono::steady_clock::now();
   if (rate > 0) {
     open_loop(stubs, method, request, cq, rate, seconds, outcome);
   } else {
@@ -194,7 +203,9 @@ int main(int argc, char** argv) {
   }
   const long calls = static_cast<long>(outcome.latencies.size());
   std::ofstream lat(out + ".lat");
-  for (double l : outcome.latencies) lat << l << '\n';
+  for (size_t n = 0; n < outcome.latencies.size(); ++n)
+    lat << outcome.latencies[n] << ' ' << outcome.sent_at[n] << ' ' << outcome.connection[n]
+        << '\n';
   if (!outcome.last_response.empty())
     std::ofstream(out + ".resp", std::ios::binary) << outcome.last_response;
   std::printf("%ld %ld %.6f\n", calls, outcome.errors, cpu);

@@ -442,6 +442,45 @@ def test_connections_are_spread_over_the_readers_in_turn_also_after_a_restart(no
     assert sorted(_spread(node, 10).values()) == [5, 5]
 
 
+@pytest.fixture
+def three_readers(tmp_path: Path) -> Iterator[NodeDaemon]:
+    require_cgroup_v1()
+    running = node_daemon(tmp_path, "readers = 3")
+    yield running
+    leftovers = running.daemon.cleanup()
+    assert not leftovers, f"groups left behind: {leftovers}"
+    assert running.daemon.exit_status in (0, None), running.daemon.logs()[-4000:]
+
+
+def test_new_connections_avoid_a_reader_serving_event_streams(three_readers):
+    """reuseport.AVOID_STREAMING_FROM: from three readers on, the reader serving a
+    WatchNodeEvents stream takes no new connection while another serves none (its
+    fan-out would stall their calls); once its stream ends, it takes its turns."""
+    node = three_readers
+    port = int(node.address.rsplit(":", 1)[1])
+    (watch_channel,) = _channels(node, 1)
+    watcher = node_pb2_grpc.NodeServiceStub(watch_channel)
+    token = watcher.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).resume_token
+    stream = watcher.WatchNodeEvents(pb.WatchNodeEventsRequest(resume_token=token), timeout=60)
+    try:
+        with node.daemon.client() as client:
+            client.session("streamed", memory="16M").close()
+        # Served by its reader, so marked there, once an event came through it.
+        assert next(stream).event.kind == pb.NODE_EVENT_KIND_SESSION_OPENED
+        (streaming,) = _socket_owners(port, "01")
+        spread = _spread(node, 8)
+        assert spread.pop(streaming) == 1  # the stream's own connection, no other
+        assert sorted(spread.values()) == [4, 4]
+    finally:
+        stream.cancel()
+        watch_channel.close()
+    # The reader sees the stream end a moment later; then all three take turns.
+    deadline = time.monotonic() + 10
+    while sorted(spread := _spread(node, 9).values()) != [3, 3, 3]:
+        assert time.monotonic() < deadline, f"still uneven: {spread}"
+        time.sleep(0.2)
+
+
 def _published(node: NodeDaemon) -> tuple[int, set[str]]:
     """The readers' change counter and the sessions in the published snapshot."""
     (directory,) = Path("/dev/shm").glob(f"agentd-snapshot-{node.daemon.process.pid}-*")

@@ -1,6 +1,7 @@
 """reuseport.py on the real kernel: the SK_REUSEPORT program spreads connections over
-a reuseport group's listeners in turn, and an empty slot (a listener gone) leaves
-the choice to the kernel's hash instead of refusing the connection."""
+a reuseport group's listeners in turn, skips the listeners marked as serving
+streams while another is not, and an empty slot (a listener gone) leaves the
+choice to the kernel's hash instead of refusing the connection."""
 
 from __future__ import annotations
 
@@ -36,19 +37,25 @@ def _connect(port: int, count: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-@pytest.fixture
-def group() -> Iterator[tuple[reuseport.Balancer, list[socket.socket], int]]:
-    require_root()
-    balancer = reuseport.Balancer.create(3)
+def _listeners(count: int) -> tuple[list[socket.socket], int]:
+    """`count` listeners in one reuseport group on a free loopback port."""
     listeners: list[socket.socket] = []
     port = 0
-    for _ in range(3):
+    for _ in range(count):
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind(("127.0.0.1", port))
         port = listener.getsockname()[1]
         listener.listen(64)
         listeners.append(listener)
+    return listeners, port
+
+
+@pytest.fixture
+def group() -> Iterator[tuple[reuseport.Balancer, list[socket.socket], int]]:
+    require_root()
+    balancer = reuseport.Balancer.create(3)
+    listeners, port = _listeners(3)
     yield balancer, listeners, port
     for listener in listeners:
         listener.close()
@@ -65,10 +72,61 @@ def test_the_group_takes_connections_in_turn(group):
     assert _accepted(listeners) == [4, 4, 4]
 
 
+def _placed(balancer: reuseport.Balancer, listeners: list[socket.socket]) -> None:
+    for slot, listener in enumerate(listeners):
+        reuseport.place(balancer.sockets_fd, slot, listener.fileno())
+    reuseport.attach(balancer.program_fd, listeners[0].fileno())
+
+
+def test_new_connections_go_to_the_listeners_not_streaming(group):
+    balancer, listeners, port = group
+    _placed(balancer, listeners)
+    reuseport.mark_streaming(balancer.streaming_fd, 1, True)
+    _connect(port, 12)
+    assert _accepted(listeners) == [6, 0, 6]
+    reuseport.mark_streaming(balancer.streaming_fd, 0, True)
+    _connect(port, 5)
+    assert _accepted(listeners) == [0, 0, 5]
+    # Unmarked again: in turn over all three.
+    reuseport.mark_streaming(balancer.streaming_fd, 1, False)
+    reuseport.mark_streaming(balancer.streaming_fd, 0, False)
+    _connect(port, 9)
+    assert _accepted(listeners) == [3, 3, 3]
+
+
+def test_when_every_listener_streams_they_take_connections_in_turn(group):
+    balancer, listeners, port = group
+    _placed(balancer, listeners)
+    for slot in range(3):
+        reuseport.mark_streaming(balancer.streaming_fd, slot, True)
+    _connect(port, 12)
+    assert _accepted(listeners) == [4, 4, 4]
+
+
+def test_two_listeners_take_connections_in_turn_even_while_one_streams():
+    """AVOID_STREAMING_FROM: with two, avoiding one would put every connection on the
+    other."""
+    require_root()
+    balancer = reuseport.Balancer.create(2)
+    listeners, port = _listeners(2)
+    try:
+        _placed(balancer, listeners)
+        reuseport.mark_streaming(balancer.streaming_fd, 0, True)
+        _connect(port, 8)
+        assert _accepted(listeners) == [4, 4]
+    finally:
+        for listener in listeners:
+            listener.close()
+        balancer.close()
+
+
 def test_an_empty_slot_falls_back_to_the_kernels_hash(group):
     balancer, listeners, port = group
     # register() finds the first listener on the port; slots 1 and 2 stay empty.
-    assert reuseport.register(*balancer.fds, slot=0, port=port) == listeners[0].fileno()
+    assert (
+        reuseport.register(balancer.program_fd, balancer.sockets_fd, slot=0, port=port)
+        == listeners[0].fileno()
+    )
     _connect(port, 9)
     counts = _accepted(listeners)
     assert sum(counts) == 9  # none refused
@@ -80,6 +138,6 @@ def test_register_without_a_listener_says_so():
     balancer = reuseport.Balancer.create(2)
     try:
         with pytest.raises(reuseport.BalanceUnavailable, match="no listening socket on port 1"):
-            reuseport.register(*balancer.fds, slot=0, port=1)
+            reuseport.register(balancer.program_fd, balancer.sockets_fd, slot=0, port=1)
     finally:
         balancer.close()
