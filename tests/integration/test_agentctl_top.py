@@ -116,6 +116,21 @@ def test_top_once_shows_sessions_and_tool_calls(agentd) -> None:
     assert "no open sessions" in done.stdout and "no running tool calls" in done.stdout
 
 
+def _drain(controller: int, wait: float) -> bytes:
+    """What the terminal has for us now, waiting at most `wait` for the first bytes."""
+    got = b""
+    while select.select([controller], [], [], wait)[0]:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        got += chunk
+        wait = 0
+    return got
+
+
 def test_top_refreshes_in_place_on_a_terminal(agentd) -> None:
     with agentd.client() as client:
         session = client.session("top-live")
@@ -138,15 +153,16 @@ def test_top_refreshes_in_place_on_a_terminal(agentd) -> None:
                     output += os.read(controller, 65536)
         finally:
             process.send_signal(signal.SIGINT)
+            # Read on while it stops: a terminal nobody reads fills up (a pty holds a
+            # few KB), and top, blocked writing its last frame or the cursor back,
+            # would never exit (a CI run saw it hang so, and fail its teardown).
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                output += _drain(controller, 0.1)
+            if process.poll() is None:
+                process.kill()  # not ours to leave behind
             status = process.wait(10)
-            while select.select([controller], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
+            output += _drain(controller, 0.2)
             os.close(controller)
             busy.kill()
             busy.wait()
