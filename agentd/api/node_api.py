@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from agentd.api.tcp_server import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, CodeOnl
 from agentd.config import Config
 from agentd.control import Control
 from agentd.manager import Manager, NodeLimits
+from agentd.observability.interceptor import API_METRICS
 from agentd.predictor import model_path
 from agentd.reservations import Reservations
 from agentd.scoring import Capacity, Predictor
@@ -178,6 +180,10 @@ class NodeApi:
         service.after_change = self.publisher.publish
         service.events_visible = self.publisher.visible_seq
         self.reservations.on_change = self.publisher.changed
+        metrics = self.snapshots / "metrics"
+        shutil.rmtree(metrics, ignore_errors=True)  # a previous run's (no tmpfs: kept)
+        metrics.mkdir(mode=0o700)
+        API_METRICS.readers_dir = metrics
         forward = directory / "forward.sock"
         snapshot.remove(forward)  # a previous run's
         self.tcp = TcpServer("", None, None, None, service, health_servicer, forward_socket=forward)
@@ -202,6 +208,7 @@ class NodeApi:
             log_level=self.cfg.daemon.log_level,
             max_watchers=api.max_watchers,
             event_history=api.event_history,
+            metrics_dir=str(metrics),
         )
         self.balancer = self._balancer(api.readers)
         fds = self.balancer.fds if self.balancer is not None else (-1, -1, -1)
@@ -254,5 +261,6 @@ class NodeApi:
             self.tcp.stop()
         if self.publisher is not None:
             self.publisher.stop()
+            API_METRICS.readers_dir = None
             snapshot.remove_directory(self.snapshots)
         self.audit.close()

@@ -55,6 +55,7 @@ from agentd.errors import (
 )
 from agentd.log import configure_logging
 from agentd.metrics.window import NodeWindow
+from agentd.observability.interceptor import AioApiMetricsInterceptor
 from agentd.scoring import Room
 from agentd.v1 import node_pb2 as pb
 
@@ -108,6 +109,8 @@ class ReaderSpec:
     balance_program_fd: int = -1
     balance_sockets_fd: int = -1
     balance_streaming_fd: int = -1  # this reader marks itself there while it streams
+    # Where its API metrics go (PROMETHEUS_MULTIPROC_DIR, set by readers.py); "": none.
+    metrics_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -295,14 +298,22 @@ class ReaderHandler(grpc.GenericRpcHandler):
         self.local[reader_health.CHECK_METHOD] = reader_health.check_handler(
             service.snapshots, fresh
         )
-        # Undecodable requests: INVALID_ARGUMENT, as on the daemon (decode.py).
-        self.local = {method: checked_aio(h) for method, h in self.local.items()}
+        # Undecodable requests: INVALID_ARGUMENT, as on the daemon (decode.py); then
+        # timed, into the files the daemon's /metrics adds up (spec.metrics_dir).
+        self.timing = AioApiMetricsInterceptor("tcp")
+        self.local = {
+            method: self.timing.wrap(method, checked_aio(h)) for method, h in self.local.items()
+        }
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        return self.local.get(method) or self.forwarder.handler(method)
+        local = self.local.get(method)
+        if local is not None:
+            return local
+        forwarded = self.forwarder.handler(method)
+        return None if forwarded is None else self.timing.wrap(method, forwarded)
 
 
 class Tail:

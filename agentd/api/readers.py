@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import structlog
+from prometheus_client import multiprocess
 
 from agentd.api.reader import ReaderSpec
 
@@ -51,6 +52,7 @@ class ReaderPool:
         self.inherited_fds = inherited_fds
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restarts = 0
+        self.metrics_dir = ""  # the readers' PROMETHEUS_MULTIPROC_DIR, from their spec
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="agentd-readers", daemon=True)
@@ -75,10 +77,16 @@ class ReaderPool:
         ready_read, ready_write = os.pipe()
         try:
             spec = self.spec(ready_write, slot)
+            environment = dict(os.environ)
+            self.metrics_dir = spec.metrics_dir
+            if spec.metrics_dir:
+                # prometheus_client reads it at import: the reader's metrics go to files.
+                environment["PROMETHEUS_MULTIPROC_DIR"] = spec.metrics_dir
             process = subprocess.Popen(
                 [sys.executable, "-m", "agentd.api.reader", spec.to_json()],
                 pass_fds=(ready_write, *self.inherited_fds),
                 stdin=subprocess.DEVNULL,
+                env=environment,
             )
             os.close(ready_write)
             ready_write = -1
@@ -106,11 +114,17 @@ class ReaderPool:
                 if process is None or process.poll() is None or self._stop.is_set():
                     continue
                 log.warning("readers.died", slot=slot, pid=process.pid, status=process.returncode)
+                self._forget_streams(process.pid)
                 try:
                     self._start(slot)
                     self.restarts += 1
                 except (ReaderStartError, OSError) as e:
                     log.error("readers.restart_failed", slot=slot, error=str(e))
+
+    def _forget_streams(self, pid: int) -> None:
+        """A dead reader's open streams leave the daemon's gauge (its counts stay)."""
+        if self.metrics_dir:
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
 
     def stop(self) -> None:
         """SIGTERM every reader (it closes its listener and its calls), SIGKILL the
@@ -131,3 +145,4 @@ class ReaderPool:
                 log.warning("readers.killed", pid=process.pid)
                 process.kill()
                 process.wait()
+            self._forget_streams(process.pid)

@@ -172,7 +172,12 @@ class TcpServer:
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=[AioApiMetricsInterceptor("tcp"), AioDecodeInterceptor()],
+            # Calls from the readers are timed there as "tcp" (the clients' view, the
+            # hop included) and here as "readers" (the daemon's part).
+            interceptors=[
+                AioApiMetricsInterceptor("readers" if self.forward_socket else "tcp"),
+                AioDecodeInterceptor(),
+            ],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(self._aio_service, server)
         if self.forward_socket is not None:

@@ -4,17 +4,26 @@ Reusable for any grpc.server of agentd (the unix socket, the TCP listener): pass
 `ApiMetricsInterceptor("tcp")` in its `interceptors`. Labels stay bounded: the method
 is one the server has a handler for (unknown methods get no handler and are not
 counted), the code one of grpc's 17, the transport a name chosen in code.
+
+The reader processes ([api] readers) time their calls with the same interceptor, in
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by readers.py):
+their values go to files, and `API_METRICS`, the daemon's collector of these
+families, adds them to its own at every scrape (`merge_families`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 # Unary calls answer in ~0.2 ms (health) to a few ms (tool-call start); buckets span
 # 100 us to 10 s so that both the fast path and a stuck cgroupfs are visible.
@@ -36,22 +45,79 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
+# Not in the default registry by themselves: API_METRICS exposes them, with the
+# readers' values added.
 API_LATENCY = Histogram(
     "agentd_api_request_duration_seconds",
     "Time to answer a unary gRPC call, by method and status code",
     ["transport", "method", "code"],
     buckets=LATENCY_BUCKETS,
+    registry=None,
 )
 API_STREAMS_OPEN = Gauge(
     "agentd_api_streams_open",
     "Server-streaming gRPC calls in progress (watchers)",
     ["transport", "method"],
+    registry=None,
+    multiprocess_mode="livesum",  # a reader's files: the sum over the living ones
 )
 API_STREAMS = Counter(
     "agentd_api_streams_total",
     "Server-streaming gRPC calls that ended, by method and status code",
     ["transport", "method", "code"],
+    registry=None,
 )
+_OWN = (API_LATENCY, API_STREAMS_OPEN, API_STREAMS)
+
+
+def merge_families(own: Iterable[Metric], more: Iterable[Metric]) -> list[Metric]:
+    """`own` with `more`'s samples of the same families added: a sample of the same
+    name and labels is summed (counters, histogram buckets, sums and counts, live
+    gauges; not a `_created` time), any other appended. Families `own` lacks are
+    left out: only these metrics are merged, whatever else a reader's files hold."""
+    merged = {family.name: family for family in own}
+    for family in more:
+        into = merged.get(family.name)
+        if into is None:
+            continue
+        index = {(s.name, tuple(sorted(s.labels.items()))): n for n, s in enumerate(into.samples)}
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key in index:
+                if sample.name.endswith("_created"):
+                    continue  # a time, not a count: the daemon's stands
+                at = index[key]
+                into.samples[at] = into.samples[at]._replace(
+                    value=into.samples[at].value + sample.value
+                )
+            else:
+                index[key] = len(into.samples)
+                into.samples.append(sample)
+    return list(merged.values())
+
+
+class ApiMetrics(Collector):
+    """The API families in the default registry: the daemon's own values, plus, once
+    `readers_dir` is set, those the reader processes wrote there (their calls on
+    the TCP port; a dead reader's counts stay, its open streams go)."""
+
+    def __init__(self) -> None:
+        self.readers_dir: Path | None = None
+
+    def describe(self) -> list[Metric]:
+        return [family for metric in _OWN for family in metric.describe()]
+
+    def collect(self) -> list[Metric]:
+        own = [family for metric in _OWN for family in metric.collect()]
+        directory = self.readers_dir
+        if directory is None:
+            return own
+        files = [str(path) for path in directory.glob("*.db")]
+        return merge_families(own, MultiProcessCollector.merge(files, accumulate=True))
+
+
+API_METRICS = ApiMetrics()
+REGISTRY.register(API_METRICS)
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
@@ -147,7 +213,11 @@ class AioApiMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # type: ignore[return-value]
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        return self.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler`, timed: for a server that looks its handlers up itself and can wrap
+        each once (the readers), rather than intercept every call."""
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._timed(method, handler.unary_unary))
         if handler.unary_stream is not None:

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from conftest import require_cgroup_v1
 from node_api_support import NodeDaemon, free_port, node_daemon
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentd.api import reader_health
 from agentd.api.snapshot import ChangeCounter, SnapshotFile
@@ -263,15 +264,79 @@ def test_a_tls_channel_of_the_sdk_works_against_readers(node):
     assert stub.GetNodeState(pb.GetNodeStateRequest(), timeout=TIMEOUT).state.node_name
 
 
-def _streams_open(port: int) -> dict[str, float]:
-    """The daemon's open streams by method (its Prometheus gauge)."""
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The daemon's /metrics, as {(sample name, sorted labels): value}; every family
+    once (the readers' values are merged into the daemon's families, not repeated)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("agentd_api_streams_open{"):
-            method = line.split('method="')[1].split('"')[0]
-            out[method] = out.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+    families = list(text_string_to_metric_families(text))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names)), "a family exposed twice"
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+
+def _streams_open(port: int, transport: str) -> dict[str, float]:
+    """Open streams by method, on `transport`: "tcp" as the TCP clients see them
+    (the readers'), "readers" the daemon's own, from the readers."""
+    out: dict[str, float] = {}
+    for (name, labels), value in _scrape(port).items():
+        tags = dict(labels)
+        if name == "agentd_api_streams_open" and tags["transport"] == transport:
+            out[tags["method"]] = out.get(tags["method"], 0.0) + value
     return out
+
+
+def _calls(port: int, transport: str, method: str) -> float:
+    key = (
+        "agentd_api_request_duration_seconds_count",
+        (("code", "OK"), ("method", method), ("transport", transport)),
+    )
+    return _scrape(port).get(key, 0.0)
+
+
+def test_the_readers_calls_are_in_the_daemons_metrics_also_after_a_restart(tmp_path: Path):
+    """A reader times its TCP calls into files (prometheus_client's multiprocess
+    mode) that the daemon's /metrics adds to its own: as "tcp", what the clients
+    saw; what readers pass on is also counted by the daemon as "readers". A dead
+    reader's counts stay."""
+    require_cgroup_v1()
+    metrics = free_port()
+    node = node_daemon(
+        tmp_path, f"readers = {READERS}", tables=f'[prometheus]\nlisten = "127.0.0.1:{metrics}"\n'
+    )
+    score = "/agentd.v1.NodeService/ScorePlacement"
+    admit = "/agentd.v1.NodeService/Admit"
+    try:
+        stubs = _stubs(node, 4)  # in turn: both readers
+        for stub in stubs:
+            assert stub.ScorePlacement(pb.ScorePlacementRequest(), timeout=TIMEOUT) is not None
+        assert _calls(metrics, "tcp", score) == 4
+        assert _calls(metrics, "readers", score) == 0  # answered in the readers
+        candidate = pb.Candidate(
+            id="x", intent=apb.Intent(resources=apb.Resources(memory_max="16M"))
+        )
+        reply = stubs[0].Admit(pb.AdmitRequest(candidate=candidate), timeout=TIMEOUT)
+        assert reply.admitted
+        released = pb.ReleaseReservationRequest(reservation_id=reply.reservation.id)
+        assert stubs[0].ReleaseReservation(released, timeout=TIMEOUT).released
+        assert _calls(metrics, "tcp", admit) == 1  # the client's call, in a reader
+        assert _calls(metrics, "readers", admit) == 1  # and passed on to the daemon
+        victim = min(_readers(node))
+        os.kill(victim, signal.SIGKILL)
+        _wait_dead(victim)
+        deadline = time.monotonic() + 20
+        while len(_readers(node) - {victim}) < READERS:
+            assert time.monotonic() < deadline, "no replacement reader"
+            time.sleep(0.2)
+        for stub in _stubs(node, 4):
+            stub.ScorePlacement(pb.ScorePlacementRequest(), timeout=TIMEOUT)
+        assert _calls(metrics, "tcp", score) == 8
+    finally:
+        leftovers = node.daemon.cleanup()
+        assert not leftovers, f"groups left behind: {leftovers}"
 
 
 def test_watchers_are_served_by_the_readers_with_nothing_lost(tmp_path: Path):
@@ -314,9 +379,12 @@ def test_watchers_are_served_by_the_readers_with_nothing_lost(tmp_path: Path):
         ]
         # Served from the readers' logs: the daemon holds one tail per reader, and
         # none of the 8 listed-then-watched streams (the old token's may be its).
-        streams = _streams_open(metrics)
+        streams = _streams_open(metrics, "readers")
         assert streams.get("/agentd.internal.EventTail/Tail") == READERS
         assert streams.get("/agentd.v1.NodeService/WatchNodeEvents", 0) <= 1
+        # Every stream, as the TCP clients see them.
+        seen = _streams_open(metrics, "tcp")
+        assert seen.get("/agentd.v1.NodeService/WatchNodeEvents") == len(watches)
         for watch in watches:
             watch.cancel()
     finally:
