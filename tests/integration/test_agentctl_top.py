@@ -116,6 +116,14 @@ def test_top_once_shows_sessions_and_tool_calls(agentd) -> None:
     assert "no open sessions" in done.stdout and "no running tool calls" in done.stdout
 
 
+def _interruptible() -> None:
+    """SIGINT as at a terminal. A suite started in the background by a shell without
+    job control (`(... &)`, as a CI job can be) runs with SIGINT ignored, top
+    inherits that, Python then installs no KeyboardInterrupt, and the test's ^C
+    would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _drain(controller: int, wait: float) -> bytes:
     """What the terminal has for us now, waiting at most `wait` for the first bytes."""
     got = b""
@@ -142,6 +150,7 @@ def test_top_refreshes_in_place_on_a_terminal(agentd) -> None:
             stdout=terminal,
             stderr=terminal,
             env={**os.environ, "COLUMNS": "200", "LINES": "50"},
+            preexec_fn=_interruptible,
         )
         os.close(terminal)
         output = b""
