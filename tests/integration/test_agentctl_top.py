@@ -116,14 +116,6 @@ def test_top_once_shows_sessions_and_tool_calls(agentd) -> None:
     assert "no open sessions" in done.stdout and "no running tool calls" in done.stdout
 
 
-def _interruptible() -> None:
-    """SIGINT as at a terminal. A suite started in the background by a shell without
-    job control (`(... &)`, as a CI job can be) runs with SIGINT ignored, top
-    inherits that, Python then installs no KeyboardInterrupt, and the test's ^C
-    would do nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _drain(controller: int, wait: float) -> bytes:
     """What the terminal has for us now, waiting at most `wait` for the first bytes."""
     got = b""
@@ -145,21 +137,34 @@ def test_top_refreshes_in_place_on_a_terminal(agentd) -> None:
         busy = session.start([PY, "-c", BUSY], cpu="0.5")
         controller, terminal = pty.openpty()
         process = subprocess.Popen(
-            [AGENTCTL, "--socket", agentd.socket, "top", "--interval", "0.3"],
+            # SIGINT as at a terminal: a suite started in the background by a shell
+            # without job control (`(... &)`, as CI jobs can be) has it ignored, top
+            # would inherit that and Python install no KeyboardInterrupt, and the
+            # test's ^C would do nothing. (Not preexec_fn: Python code between fork
+            # and exec in this multithreaded process once killed the child there.)
+            [
+                "env",
+                "--default-signal=INT",
+                AGENTCTL,
+                "--socket",
+                agentd.socket,
+                "top",
+                "--interval",
+                "0.3",
+            ],
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,
             env={**os.environ, "COLUMNS": "200", "LINES": "50"},
-            preexec_fn=_interruptible,
         )
         os.close(terminal)
         output = b""
         try:
             deadline = time.monotonic() + 10
             while output.count(b"\x1b[H\x1b[2J") < 3 and time.monotonic() < deadline:
-                ready, _, _ = select.select([controller], [], [], 0.5)
-                if ready:
-                    output += os.read(controller, 65536)
+                if process.poll() is not None:
+                    break  # top ended early: the assertions below say how
+                output += _drain(controller, 0.5)
         finally:
             process.send_signal(signal.SIGINT)
             # Read on while it stops: a terminal nobody reads fills up (a pty holds a
