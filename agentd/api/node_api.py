@@ -208,10 +208,10 @@ class NodeApi:
             log_level=self.cfg.daemon.log_level,
             max_watchers=api.max_watchers,
             event_history=api.event_history,
-            metrics_dir=str(metrics),
         )
         self.balancer = self._balancer(api.readers)
-        fds = self.balancer.fds if self.balancer is not None else (-1, -1, -1)
+        inherited = self.balancer.fds if self.balancer is not None else ()
+        fds = inherited or (-1, -1, -1)
         self.readers = ReaderPool(
             api.readers,
             lambda ready, slot: spec(
@@ -221,7 +221,8 @@ class NodeApi:
                 balance_sockets_fd=fds[1],
                 balance_streaming_fd=fds[2],
             ),
-            inherited_fds=self.balancer.fds if self.balancer is not None else (),
+            inherited_fds=inherited,
+            metrics_dir=str(metrics),
         )
         try:
             self.readers.start()

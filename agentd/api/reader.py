@@ -109,8 +109,6 @@ class ReaderSpec:
     balance_program_fd: int = -1
     balance_sockets_fd: int = -1
     balance_streaming_fd: int = -1  # this reader marks itself there while it streams
-    # Where its API metrics go (PROMETHEUS_MULTIPROC_DIR, set by readers.py); "": none.
-    metrics_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -299,7 +297,8 @@ class ReaderHandler(grpc.GenericRpcHandler):
             service.snapshots, fresh
         )
         # Undecodable requests: INVALID_ARGUMENT, as on the daemon (decode.py); then
-        # timed, into the files the daemon's /metrics adds up (spec.metrics_dir).
+        # timed, into the files the daemon's /metrics adds up (readers.py sets
+        # PROMETHEUS_MULTIPROC_DIR).
         self.timing = AioApiMetricsInterceptor("tcp")
         self.local = {
             method: self.timing.wrap(method, checked_aio(h)) for method, h in self.local.items()

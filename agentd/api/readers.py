@@ -43,16 +43,18 @@ class ReaderPool:
         count: int,
         spec: Callable[[int, int], ReaderSpec],
         inherited_fds: tuple[int, ...] = (),
+        metrics_dir: str = "",
     ) -> None:
         """`spec(ready_fd, slot)`: the spec of the reader at `slot` that writes to
         `ready_fd` once listening; `inherited_fds`: descriptors every reader gets
-        (reuseport.py's program and map)."""
+        (reuseport.py's program and maps); `metrics_dir`: the readers'
+        PROMETHEUS_MULTIPROC_DIR ("": none)."""
         self.count = count
         self.spec = spec
         self.inherited_fds = inherited_fds
+        self.metrics_dir = metrics_dir
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restarts = 0
-        self.metrics_dir = ""  # the readers' PROMETHEUS_MULTIPROC_DIR, from their spec
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="agentd-readers", daemon=True)
@@ -78,10 +80,9 @@ class ReaderPool:
         try:
             spec = self.spec(ready_write, slot)
             environment = dict(os.environ)
-            self.metrics_dir = spec.metrics_dir
-            if spec.metrics_dir:
+            if self.metrics_dir:
                 # prometheus_client reads it at import: the reader's metrics go to files.
-                environment["PROMETHEUS_MULTIPROC_DIR"] = spec.metrics_dir
+                environment["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
             process = subprocess.Popen(
                 [sys.executable, "-m", "agentd.api.reader", spec.to_json()],
                 pass_fds=(ready_write, *self.inherited_fds),

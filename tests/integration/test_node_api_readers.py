@@ -32,14 +32,18 @@ TIMEOUT = 10
 READERS = 2
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeDaemon]:
+def _running(tmp_path: Path, readers: int) -> Iterator[NodeDaemon]:
     require_cgroup_v1()
-    running = node_daemon(tmp_path, f"readers = {READERS}")
+    running = node_daemon(tmp_path, f"readers = {readers}")
     yield running
     leftovers = running.daemon.cleanup()
     assert not leftovers, f"groups left behind: {leftovers}"
     assert running.daemon.exit_status in (0, None), running.daemon.logs()[-4000:]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeDaemon]:
+    yield from _running(tmp_path, READERS)
 
 
 def _children(pid: int) -> set[int]:
@@ -512,12 +516,7 @@ def test_connections_are_spread_over_the_readers_in_turn_also_after_a_restart(no
 
 @pytest.fixture
 def three_readers(tmp_path: Path) -> Iterator[NodeDaemon]:
-    require_cgroup_v1()
-    running = node_daemon(tmp_path, "readers = 3")
-    yield running
-    leftovers = running.daemon.cleanup()
-    assert not leftovers, f"groups left behind: {leftovers}"
-    assert running.daemon.exit_status in (0, None), running.daemon.logs()[-4000:]
+    yield from _running(tmp_path, 3)
 
 
 def test_new_connections_avoid_a_reader_serving_event_streams(three_readers):

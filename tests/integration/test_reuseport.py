@@ -5,6 +5,7 @@ choice to the kernel's hash instead of refusing the connection."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -51,31 +52,41 @@ def _listeners(count: int) -> tuple[list[socket.socket], int]:
     return listeners, port
 
 
+@contextlib.contextmanager
+def _group(count: int) -> Iterator[tuple[reuseport.Balancer, list[socket.socket], int]]:
+    require_root()
+    balancer = reuseport.Balancer.create(count)
+    listeners, port = _listeners(count)
+    try:
+        yield balancer, listeners, port
+    finally:
+        for listener in listeners:
+            listener.close()
+        balancer.close()
+
+
 @pytest.fixture
 def group() -> Iterator[tuple[reuseport.Balancer, list[socket.socket], int]]:
-    require_root()
-    balancer = reuseport.Balancer.create(3)
-    listeners, port = _listeners(3)
-    yield balancer, listeners, port
-    for listener in listeners:
-        listener.close()
-    balancer.close()
+    with _group(3) as made:
+        yield made
+
+
+def _placed(
+    balancer: reuseport.Balancer, listeners: list[socket.socket], attach_to: int = 0
+) -> None:
+    """Every listener at its slot, the program attached through one of them (any
+    one: the program is the group's)."""
+    for slot, listener in enumerate(listeners):
+        reuseport.place(balancer.sockets_fd, slot, listener.fileno())
+    reuseport.attach(balancer.program_fd, listeners[attach_to].fileno())
 
 
 def test_the_group_takes_connections_in_turn(group):
     balancer, listeners, port = group
     assert reuseport.listening_sockets(port) == [s.fileno() for s in listeners]
-    for slot, listener in enumerate(listeners):
-        reuseport.place(balancer.sockets_fd, slot, listener.fileno())
-    reuseport.attach(balancer.program_fd, listeners[1].fileno())  # any one: the group's
+    _placed(balancer, listeners, attach_to=1)
     _connect(port, 12)
     assert _accepted(listeners) == [4, 4, 4]
-
-
-def _placed(balancer: reuseport.Balancer, listeners: list[socket.socket]) -> None:
-    for slot, listener in enumerate(listeners):
-        reuseport.place(balancer.sockets_fd, slot, listener.fileno())
-    reuseport.attach(balancer.program_fd, listeners[0].fileno())
 
 
 def test_new_connections_go_to_the_listeners_not_streaming(group):
@@ -106,18 +117,11 @@ def test_when_every_listener_streams_they_take_connections_in_turn(group):
 def test_two_listeners_take_connections_in_turn_even_while_one_streams():
     """AVOID_STREAMING_FROM: with two, avoiding one would put every connection on the
     other."""
-    require_root()
-    balancer = reuseport.Balancer.create(2)
-    listeners, port = _listeners(2)
-    try:
+    with _group(2) as (balancer, listeners, port):
         _placed(balancer, listeners)
         reuseport.mark_streaming(balancer.streaming_fd, 0, True)
         _connect(port, 8)
         assert _accepted(listeners) == [4, 4]
-    finally:
-        for listener in listeners:
-            listener.close()
-        balancer.close()
 
 
 def test_an_empty_slot_falls_back_to_the_kernels_hash(group):
