@@ -116,6 +116,7 @@ class ApiConfig:
     audit_log: Path | None  # None = <state_dir>/audit.log
     event_history: int  # events kept for WatchNodeEvents clients that resume
     readers: int  # processes serving the TCP listener's reads (docs/node-api.md); 0 = none
+    # ("auto" in the file: AUTO_READERS, or none on one CPU)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,23 @@ def _listen(value: Any) -> str:
     return text
 
 
+#: `[api] readers = "auto"` on two CPUs or more: two processes for the calls and one
+#: that the event streams go to (agentd/api/reuseport.py). Measured on 2 cores
+#: (docs/node-api.md, "How many readers"): the lowest p99 at 2,000 scores/s of 0, 2
+#: and 3. Not measured on bigger nodes; a node's scheduler traffic is bounded by its
+#: placements, not its cores, so it is not scaled with them.
+AUTO_READERS = 3
+
+
+def _readers(value: Any) -> int:
+    if value == "auto":
+        # On one CPU the readers would only take turns with the daemon on it.
+        return AUTO_READERS if (os.cpu_count() or 1) >= 2 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 64:
+        return value
+    raise ValueError('must be "auto" or an integer between 0 and 64')
+
+
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -480,7 +498,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Parser]]] = {
         "max_watchers": (128, _count),
         "audit_log": ("", _optional_path),
         "event_history": (16384, _count),
-        "readers": (0, _int_range(0, 64)),
+        "readers": ("auto", _readers),
     },
     "prometheus": {
         "listen": ("127.0.0.1:9464", _listen),

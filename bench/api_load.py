@@ -454,8 +454,9 @@ def main() -> int:
     parser.add_argument(
         "--readers",
         type=int,
-        default=2,
-        help="[api] readers: reader processes on the TCP port (0 = the daemon alone)",
+        default=3,
+        help="[api] readers: reader processes on the TCP port (default 3: the daemon's "
+        '"auto" on two CPUs or more; 0 = the daemon alone)',
     )
     parser.add_argument(
         "--workloads",
@@ -501,8 +502,11 @@ def main() -> int:
         try:
             native = native_client.build()
         except native_client.NativeClientUnavailable as e:
-            print(f"api_load: no native client ({e}); Python client only", file=sys.stderr)
             args.clients = [c for c in args.clients if c != "native"]
+            if not args.clients:  # native only (as --rate needs): nothing left to run
+                print(f"api_load: no native client ({e})", file=sys.stderr)
+                return 2
+            print(f"api_load: no native client ({e}); Python client only", file=sys.stderr)
     watch_binary: Path | None = None
     if args.watchers_client != "python":
         try:

@@ -15,6 +15,7 @@ import array
 import collections
 import contextlib
 import errno
+import logging
 import os
 import queue
 import shutil
@@ -36,7 +37,19 @@ from agentd.sdk.launcher import launcher_path
 from agentd.sdk.spawn import spawn_with_stdio_devnull
 from agentd.v1 import agent_pb2 as pb
 
-log = structlog.get_logger("agentd.sdk")
+# Through the stdlib logger "agentd.sdk", not structlog's default: the SDK runs in the
+# agent's harness, whose stdout may be its protocol, and an unconfigured structlog
+# prints every level there. As a library should, it leaves the output to the
+# application: warnings reach stderr (logging's last resort), the rest only when the
+# application configures logging (agentd's own processes do, in agentd.log).
+log = structlog.wrap_logger(
+    logging.getLogger("agentd.sdk"),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    processors=[
+        structlog.stdlib.filter_by_level,
+        structlog.processors.KeyValueRenderer(key_order=["event"]),
+    ],
+)
 
 #: The launcher's socket inside it (agentd_exec.c reads its number from argv).
 LAUNCHER_SOCKET_FD = 3

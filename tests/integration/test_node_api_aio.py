@@ -28,7 +28,7 @@ def node(tmp_path: Path) -> Iterator[NodeDaemon]:
     metrics_port = free_port()
     running = node_daemon(
         tmp_path,
-        api=f"max_watchers = {WATCHERS + 10}",
+        api=f"max_watchers = {WATCHERS + 10}\nreaders = 0",  # the daemon's own server
         tables=f'[prometheus]\nlisten = "127.0.0.1:{metrics_port}"\n',
     )
     running.metrics_port = metrics_port  # type: ignore[attr-defined]

@@ -46,6 +46,16 @@ def test_defaults_without_any_file() -> None:
     assert cfg.defaults.tool_call_grace_seconds == 30.0
 
 
+@pytest.mark.parametrize(("cpus", "readers"), [(1, 0), (2, config.AUTO_READERS), (64, 3)])
+def test_auto_readers_by_the_cpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, readers: int
+) -> None:
+    monkeypatch.setattr(config.os, "cpu_count", lambda: cpus)
+    assert load_config(parse(), environ={}).api.readers == readers
+    path = write(tmp_path, "[api]\nreaders = 0\n")
+    assert load_config(parse("--config", str(path)), environ={}).api.readers == 0
+
+
 def test_default_file_is_read_when_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = write(tmp_path, '[cgroup]\nroot = "from-default"\n')
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path)
@@ -164,6 +174,9 @@ def test_example_message_from_the_brief(tmp_path: Path) -> None:
         ("defaults", 'session_pids = "10"', "must be an integer"),
         ("defaults", "tool_call_grace_seconds = -1", ">= 0"),
         ("defaults", "tool_call_grace_seconds = nan", "finite"),
+        ("api", 'readers = "many"', '"auto" or an integer between 0 and 64'),
+        ("api", "readers = 65", '"auto" or an integer between 0 and 64'),
+        ("api", "readers = true", '"auto" or an integer between 0 and 64'),
     ],
 )
 def test_each_invalid_value_names_file_table_and_key(

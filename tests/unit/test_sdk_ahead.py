@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 from agentd.cgroups.usage import FinalUsage
@@ -221,3 +223,34 @@ def test_a_pool_short_of_several_launchers_places_them_in_one_call():
         taken.abort()
     finally:
         pool.close()
+
+
+def test_the_sdk_logs_through_logging_not_to_the_harness_stdout(tmp_path):
+    """In an agent's harness that configured nothing: no line on stdout (it may be the
+    harness's protocol), debug and info dropped, a warning on stderr; once the
+    application configures logging, its handlers get every level it asked for."""
+    code = (
+        "import logging\n"
+        "from agentd.sdk.ahead import log\n"
+        "log.debug('ahead.prepare_failed', error='x')\n"
+        "log.info('report.refused', method='EndToolCall')\n"
+        "log.warning('report.failed', method='EndToolCall', error='gone')\n"
+        "logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s')\n"
+        "log.debug('after.configure', n=1)\n"
+    )
+    done = subprocess.run(
+        # Not from the checkout (`-c` puts the working directory first on the path):
+        # the installed package, with its generated protobuf modules.
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines == [
+        "event='report.failed' method='EndToolCall' error='gone'",
+        "agentd.sdk event='after.configure' n=1",
+    ], done.stderr
