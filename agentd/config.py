@@ -335,9 +335,9 @@ def _listen(value: Any) -> str:
 
 #: `[api] readers = "auto"` on two CPUs or more: two processes for the calls and one
 #: that the event streams go to (agentd/api/reuseport.py). Measured on 2 cores
-#: (docs/node-api.md, "How many readers"): the lowest p99 at 2,000 scores/s of 0, 2
-#: and 3. Not measured on bigger nodes; a node's scheduler traffic is bounded by its
-#: placements, not its cores, so it is not scaled with them.
+#: (docs/node-api.md, "How many readers"): the lowest p99 at 2,000 scores/s of 0, 2,
+#: 3 and 4 (4 was no better). Not measured on bigger nodes; a node's scheduler
+#: traffic is bounded by its placements, not its cores, so it is not scaled with them.
 AUTO_READERS = 3
 
 
