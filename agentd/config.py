@@ -345,9 +345,10 @@ def _readers(value: Any) -> int:
     if value == "auto":
         # On one CPU the readers would only take turns with the daemon on it.
         return AUTO_READERS if (os.cpu_count() or 1) >= 2 else 0
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 64:
-        return value
-    raise ValueError('must be "auto" or an integer between 0 and 64')
+    try:
+        return _READER_COUNT(value)
+    except ValueError:
+        raise ValueError('must be "auto" or an integer between 0 and 64') from None
 
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
@@ -359,6 +360,9 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
         return value
 
     return parse
+
+
+_READER_COUNT = _int_range(0, 64)
 
 
 def _weight(value: Any) -> int:

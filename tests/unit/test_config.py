@@ -46,7 +46,7 @@ def test_defaults_without_any_file() -> None:
     assert cfg.defaults.tool_call_grace_seconds == 30.0
 
 
-@pytest.mark.parametrize(("cpus", "readers"), [(1, 0), (2, config.AUTO_READERS), (64, 3)])
+@pytest.mark.parametrize(("cpus", "readers"), [(1, 0), (2, 3), (64, 3)])
 def test_auto_readers_by_the_cpus(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, readers: int
 ) -> None:
